@@ -1,0 +1,114 @@
+//! The [`EventListener`] trait and the [`Ctx`] its callbacks receive.
+
+use super::handle::Session;
+use crate::Error;
+use std::future::Future;
+
+/// What a session does with its events: the user's code, one instance per session.
+///
+/// Every method has a default that does nothing, so a listener writes only what it needs
+/// (usually [`on_message`](Self::on_message)). All callbacks of one session run in order on
+/// that session's handler task, so `&mut self` needs no lock; different sessions run in
+/// parallel on a multi-threaded runtime.
+///
+/// Callbacks receive a [`Ctx`], whose [`send`](Ctx::send) queues replies into the session's
+/// next write without waiting. A callback that awaits holds up only its own session.
+///
+/// ```
+/// use qsocket::session::{Ctx, EventListener, Session};
+///
+/// /// Replies to every line with its length; counts lines per session.
+/// #[derive(Default)]
+/// struct Counter { lines: u64 }
+///
+/// impl EventListener for Counter {
+///     type In = String;
+///     type Out = String;
+///     async fn on_open(&mut self, session: &Session<String>) -> Result<(), qsocket::Error> {
+///         if session.peer_addr().ip().is_loopback() { Ok(()) }
+///         else { Err(qsocket::Error::refused("loopback only")) }
+///     }
+///     async fn on_message(&mut self, ctx: &mut Ctx<'_, String>, line: String) {
+///         self.lines += 1;
+///         ctx.send(line.len().to_string());
+///     }
+/// }
+/// ```
+pub trait EventListener: Send + 'static {
+    /// Messages decoded from the peer (the codec's `Decoder::Item`).
+    type In: Send + 'static;
+    /// Messages sent to the peer (what the codec encodes).
+    type Out: Send + 'static;
+
+    /// The session is connected. Return an error to refuse it: it is then closed without
+    /// `on_close`.
+    fn on_open(
+        &mut self,
+        session: &Session<Self::Out>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = session;
+        async { Ok(()) }
+    }
+
+    /// A message arrived.
+    fn on_message(
+        &mut self,
+        ctx: &mut Ctx<'_, Self::Out>,
+        msg: Self::In,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (ctx, msg);
+        async {}
+    }
+
+    /// The cron tick: every `cron_period`, for heartbeats and housekeeping.
+    fn on_cron(&mut self, ctx: &mut Ctx<'_, Self::Out>) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// Something went wrong on this session. For errors from the peer or the connection the
+    /// session closes right after; for a message that could not be encoded, only that message
+    /// is dropped.
+    fn on_error(
+        &mut self,
+        session: &Session<Self::Out>,
+        err: &Error,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (session, err);
+        async {}
+    }
+
+    /// The session closed. Runs exactly once per opened session; no callback follows it.
+    fn on_close(&mut self, session: &Session<Self::Out>) -> impl Future<Output = ()> + Send {
+        let _ = session;
+        async {}
+    }
+}
+
+/// What a listener callback can do with its session while it runs.
+pub struct Ctx<'a, O> {
+    session: &'a Session<O>,
+    outbox: &'a mut Vec<O>,
+}
+
+impl<'a, O> Ctx<'a, O> {
+    pub(crate) fn new(session: &'a Session<O>, outbox: &'a mut Vec<O>) -> Self {
+        Ctx { session, outbox }
+    }
+
+    /// The session this callback runs for.
+    pub fn session(&self) -> &Session<O> {
+        self.session
+    }
+
+    /// Queues a message into the session's next write. Never waits: the handler writes it (with
+    /// everything else queued) as soon as the callback returns.
+    pub fn send(&mut self, msg: O) {
+        self.outbox.push(msg);
+    }
+
+    /// Closes the session after this callback; what was sent so far is still written.
+    pub fn close(&self) {
+        self.session.close();
+    }
+}

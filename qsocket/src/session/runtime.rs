@@ -1,0 +1,536 @@
+//! The two tasks of a session: the reader (read + decode every frame a read brought in) and the
+//! handler (listener callbacks, cron tick, timeouts, and one write for everything queued).
+
+use super::config::SessionConfig;
+use super::handle::Session;
+use super::io::{FrameSink, ReadSource};
+use super::listener::{Ctx, EventListener};
+use super::Codec;
+use crate::Error;
+use bytes::BytesMut;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+/// What the reader hands the handler.
+pub(crate) enum Inbound<T> {
+    Msg(T),
+    Err(Error),
+}
+
+/// At most this many messages are handled, or queued sends gathered, per loop pass before the
+/// handler writes; it also writes once this many bytes are buffered.
+const BATCH: usize = 128;
+const FLUSH_BYTES: usize = 64 * 1024;
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
+
+/// The reader's share of the configuration (small and `Copy`, for the spawned reader task).
+#[derive(Clone, Copy)]
+pub(crate) struct ReadLimits {
+    pub(crate) read_buffer: usize,
+    pub(crate) max_frame_len: usize,
+    pub(crate) read_timeout: Option<Duration>,
+}
+
+impl From<&SessionConfig> for ReadLimits {
+    fn from(c: &SessionConfig) -> Self {
+        ReadLimits {
+            read_buffer: c.read_buffer.clamp(MIN_READ, MAX_READ),
+            max_frame_len: c.max_frame_len,
+            read_timeout: c.read_timeout,
+        }
+    }
+}
+
+/// Decodes every complete frame in `buf` and hands each to the handler, waiting for room in its
+/// queue. With `eof`, the buffer is a whole message (a datagram, a WebSocket message, the rest
+/// of a stream at EOF): the codec's `decode_eof` also gets what is left. Returns `false` when
+/// the session should stop reading (decode error, handler gone).
+pub(crate) async fn decode_all<D, O>(
+    codec: &mut D,
+    buf: &mut BytesMut,
+    tx: &mpsc::Sender<Inbound<D::Item>>,
+    session: &Session<O>,
+    eof: bool,
+) -> bool
+where
+    D: Decoder<Error: Into<crate::error::BoxError> + Send>,
+{
+    let mut frames = 0u64;
+    let ok = loop {
+        let decoded = if !eof {
+            codec.decode(buf)
+        } else if buf.is_empty() {
+            Ok(None)
+        } else {
+            codec.decode_eof(buf)
+        };
+        match decoded {
+            Ok(Some(item)) => {
+                frames += 1;
+                if tx.send(Inbound::Msg(item)).await.is_err() {
+                    break false;
+                }
+            }
+            Ok(None) => break true,
+            Err(e) => {
+                let _ = tx.send(Inbound::Err(Error::Decode(e.into()))).await;
+                break false;
+            }
+        }
+    };
+    session.stats_ref().add_in(frames, 0);
+    ok
+}
+
+/// The reader task of a byte-stream session (TCP, TLS).
+pub(crate) async fn stream_reader<R, D, O>(
+    mut src: R,
+    mut codec: D,
+    tx: mpsc::Sender<Inbound<D::Item>>,
+    session: Session<O>,
+    limits: ReadLimits,
+) where
+    R: ReadSource,
+    D: Decoder<Error: Into<crate::error::BoxError> + Send> + Send,
+    D::Item: Send,
+    O: Send + 'static,
+{
+    let token = session.token().clone();
+    let mut buf = BytesMut::new();
+    let mut want = limits.read_buffer;
+    loop {
+        // Only a partial frame is timed: a quiet connection is not an error here.
+        let partial_timeout = limits.read_timeout.filter(|_| !buf.is_empty());
+        let before = buf.len();
+        let read = src.read_into(&mut buf, want);
+        let result = match partial_timeout {
+            None => tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                r = read => r.map_err(Error::from),
+            },
+            Some(t) => tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                r = tokio::time::timeout(t, read) => match r {
+                    Ok(r) => r.map_err(Error::from),
+                    Err(_) => Err(Error::ReadTimeout(t)),
+                },
+            },
+        };
+        match result {
+            Ok(0) => {
+                // EOF: hand on every frame already read (a last frame is never lost), then
+                // report bytes that do not form a frame.
+                decode_all(&mut codec, &mut buf, &tx, &session, true).await;
+                return;
+            }
+            Ok(n) => {
+                let stats = session.stats_ref();
+                stats.add_in(0, n as u64);
+                stats.touch();
+                // Adapt the next read size to the traffic (like netty's adaptive allocator).
+                if before + n == buf.capacity() {
+                    want = (want * 2).min(MAX_READ);
+                } else if n < want / 4 {
+                    want = (want / 2).max(MIN_READ);
+                }
+                if !decode_all(&mut codec, &mut buf, &tx, &session, false).await {
+                    return;
+                }
+                if buf.len() > limits.max_frame_len {
+                    let err = Error::FrameTooLarge {
+                        len: buf.len(),
+                        max: limits.max_frame_len,
+                    };
+                    let _ = tx.send(Inbound::Err(err)).await;
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Inbound::Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes what the handler buffered: polled once in place (the common case: the socket takes
+/// it at once, no timer is armed); only if that is pending does the write get a timeout and
+/// become interruptible by a forced shutdown.
+async fn write_out<S: FrameSink>(
+    sink: &mut S,
+    buf: &mut BytesMut,
+    bounds: &mut Vec<usize>,
+    write_timeout: Option<Duration>,
+    force: &CancellationToken,
+) -> Result<(), Error> {
+    guarded(sink.write(buf, bounds), write_timeout, force).await
+}
+
+/// Runs `fut`, first polling it once without any timer; if it is pending, bounds it by
+/// `limit` and by `force`.
+async fn guarded<F: Future<Output = Result<(), Error>>>(
+    fut: F,
+    limit: Option<Duration>,
+    force: &CancellationToken,
+) -> Result<(), Error> {
+    let mut fut = pin!(fut);
+    let first = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let Poll::Ready(r) = first {
+        return r;
+    }
+    let timed = async {
+        match limit {
+            Some(t) => tokio::time::timeout(t, fut.as_mut())
+                .await
+                .unwrap_or(Err(Error::WriteTimeout(t))),
+            None => fut.as_mut().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = force.cancelled() => Err(Error::SessionClosed),
+        r = timed => r,
+    }
+}
+
+/// The handler's outgoing side: the codec, the write buffer and the frame bounds.
+struct Out<C> {
+    codec: C,
+    buf: BytesMut,
+    bounds: Vec<usize>,
+    frames: u64,
+}
+
+impl<C> Out<C> {
+    /// Encodes every message of `outbox` into the write buffer. Returns the errors of the
+    /// messages that could not be encoded (those are dropped; the rest go out).
+    fn encode<O, S: FrameSink>(&mut self, outbox: &mut Vec<O>, sink: &S, errors: &mut Vec<Error>)
+    where
+        C: Encoder<O, Error: Into<crate::error::BoxError>>,
+    {
+        for msg in outbox.drain(..) {
+            let start = self.buf.len();
+            if let Err(e) = self.codec.encode(msg, &mut self.buf) {
+                self.buf.truncate(start);
+                errors.push(Error::Encode(e.into()));
+                continue;
+            }
+            if S::MESSAGES {
+                let len = self.buf.len() - start;
+                if len > sink.max_message() {
+                    self.buf.truncate(start);
+                    errors.push(Error::FrameTooLarge {
+                        len,
+                        max: sink.max_message(),
+                    });
+                    continue;
+                }
+                self.bounds.push(self.buf.len());
+            }
+            self.frames += 1;
+        }
+    }
+
+    async fn flush<S: FrameSink, O>(
+        &mut self,
+        sink: &mut S,
+        session: &Session<O>,
+        cfg: &SessionConfig,
+        force: &CancellationToken,
+    ) -> Result<(), Error> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let bytes = self.buf.len() as u64;
+        let frames = std::mem::take(&mut self.frames);
+        write_out(
+            sink,
+            &mut self.buf,
+            &mut self.bounds,
+            cfg.write_timeout,
+            force,
+        )
+        .await?;
+        session.stats_ref().add_out(frames, bytes);
+        if self.buf.capacity() > 4 * FLUSH_BYTES {
+            // Do not keep a buffer that one burst made large.
+            self.buf = BytesMut::new();
+        }
+        Ok(())
+    }
+}
+
+/// Timers of one session: cron, WebSocket ping, timeout check, all served by one `Sleep`.
+struct Timers {
+    cron: Option<(Duration, Instant)>,
+    ping: Option<(Duration, Instant)>,
+    check: Option<(Duration, Instant)>,
+    timeout: Option<Duration>,
+}
+
+impl Timers {
+    fn new(cfg: &SessionConfig, ws: bool) -> Self {
+        let now = Instant::now();
+        let timeout = cfg
+            .session_timeout
+            .or(ws.then(|| cfg.ws_ping_period.saturating_mul(3)));
+        let every = |p: Duration| (p, now + p);
+        Timers {
+            cron: cfg.cron_period.map(every),
+            ping: ws.then_some(cfg.ws_ping_period).map(every),
+            check: timeout
+                .map(|t| (t / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)))
+                .map(every),
+            timeout,
+        }
+    }
+
+    fn next(&self) -> Option<Instant> {
+        [self.cron, self.ping, self.check]
+            .into_iter()
+            .flatten()
+            .map(|(_, at)| at)
+            .min()
+    }
+
+    /// Whether the timer `t` is due at `now`; if so, moves it one period on.
+    fn due(t: &mut Option<(Duration, Instant)>, now: Instant) -> bool {
+        match t {
+            Some((period, at)) if *at <= now => {
+                *at = now + *period;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Everything one session needs to run, apart from its transport.
+pub(crate) struct Parts<L: EventListener, C> {
+    pub(crate) listener: L,
+    pub(crate) codec: C,
+    pub(crate) session: Session<L::Out>,
+    pub(crate) outbound: mpsc::Receiver<L::Out>,
+    pub(crate) inbound: mpsc::Receiver<Inbound<L::In>>,
+}
+
+/// Runs the handler of one session until it closes: `on_open`, then the reader is spawned, then
+/// messages, sends, ticks and writes until the session closes; then queued writes are drained,
+/// the write side shut down, and `on_close` runs once.
+///
+/// Returns `Err` only when `on_open` refused the session.
+pub(crate) async fn drive<L, C, S, R>(
+    parts: Parts<L, C>,
+    mut sink: S,
+    reader: Option<R>,
+    cfg: &SessionConfig,
+    force: &CancellationToken,
+    on_live: impl FnOnce(&Session<L::Out>),
+) -> Result<(), Error>
+where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    S: FrameSink,
+    R: Future<Output = ()> + Send + 'static,
+{
+    let Parts {
+        mut listener,
+        codec,
+        session,
+        mut outbound,
+        mut inbound,
+    } = parts;
+    if let Err(e) = listener.on_open(&session).await {
+        tracing::debug!(session = session.id(), peer = %session.peer_addr(), error = %e, "session refused");
+        session.close();
+        sink.shutdown().await;
+        return Err(e);
+    }
+    let reader = reader.map(tokio::spawn);
+    on_live(&session);
+    tracing::trace!(session = session.id(), peer = %session.peer_addr(), transport = %session.transport(), "session open");
+
+    let mut out = Out {
+        codec,
+        buf: BytesMut::new(),
+        bounds: Vec::new(),
+        frames: 0,
+    };
+    let mut outbox: Vec<L::Out> = Vec::new();
+    let mut errors: Vec<Error> = Vec::new();
+    let mut timers = Timers::new(cfg, session.transport().is_ws());
+    let token = session.token().clone();
+    let mut cancelled = pin!(token.cancelled());
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut sleep = pin!(tokio::time::sleep_until(
+        timers.next().unwrap_or(far).into()
+    ));
+    let has_timers = timers.next().is_some();
+
+    enum Ev<I, O> {
+        Closed,
+        In(Inbound<I>),
+        ReaderDone,
+        Out(O),
+        Tick,
+    }
+
+    // `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
+    let mut failure: Option<Error> = None;
+    let mut can_write = true;
+    'run: loop {
+        let ev = poll_fn(|cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ev::Closed);
+            }
+            if has_timers && sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ev::Tick);
+            }
+            match inbound.poll_recv(cx) {
+                Poll::Ready(Some(m)) => return Poll::Ready(Ev::In(m)),
+                Poll::Ready(None) => return Poll::Ready(Ev::ReaderDone),
+                Poll::Pending => {}
+            }
+            if let Poll::Ready(Some(o)) = outbound.poll_recv(cx) {
+                return Poll::Ready(Ev::Out(o));
+            }
+            Poll::Pending
+        })
+        .await;
+
+        let mut first = match ev {
+            Ev::Closed | Ev::ReaderDone => break 'run,
+            Ev::Out(o) => {
+                outbox.push(o);
+                None
+            }
+            Ev::In(m) => Some(m),
+            Ev::Tick => {
+                let now = Instant::now();
+                if Timers::due(&mut timers.check, now) {
+                    if let Some(t) = timers.timeout.filter(|t| session.idle_for() > *t) {
+                        let e = Error::Timeout(t);
+                        listener.on_error(&session, &e).await;
+                        failure = Some(e);
+                        break 'run;
+                    }
+                }
+                if Timers::due(&mut timers.ping, now) {
+                    if let Err(e) = guarded(sink.ping(), cfg.write_timeout, force).await {
+                        listener.on_error(&session, &e).await;
+                        failure = Some(e);
+                        can_write = false;
+                        break 'run;
+                    }
+                }
+                if Timers::due(&mut timers.cron, now) {
+                    listener.on_cron(&mut Ctx::new(&session, &mut outbox)).await;
+                }
+                sleep.as_mut().reset(timers.next().unwrap_or(far).into());
+                None
+            }
+        };
+
+        // Handle the batch of decoded messages that is ready, encoding replies as they come.
+        let mut handled = 0;
+        while handled < BATCH {
+            let msg = match first.take() {
+                Some(m) => m,
+                None => match inbound.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            handled += 1;
+            match msg {
+                Inbound::Msg(m) => {
+                    listener
+                        .on_message(&mut Ctx::new(&session, &mut outbox), m)
+                        .await;
+                }
+                Inbound::Err(e) => {
+                    listener.on_error(&session, &e).await;
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if outbox.len() >= BATCH || out.buf.len() >= FLUSH_BYTES {
+                out.encode(&mut outbox, &sink, &mut errors);
+                if out.buf.len() >= FLUSH_BYTES {
+                    if let Err(e) = out.flush(&mut sink, &session, cfg, force).await {
+                        listener.on_error(&session, &e).await;
+                        failure = Some(e);
+                        can_write = false;
+                        break 'run;
+                    }
+                }
+            }
+        }
+
+        // Gather what else is queued for sending, then write it all at once.
+        while outbox.len() < BATCH {
+            match outbound.try_recv() {
+                Ok(o) => outbox.push(o),
+                Err(_) => break,
+            }
+        }
+        out.encode(&mut outbox, &sink, &mut errors);
+        for e in errors.drain(..) {
+            listener.on_error(&session, &e).await;
+        }
+        if let Err(e) = out.flush(&mut sink, &session, cfg, force).await {
+            listener.on_error(&session, &e).await;
+            failure = Some(e);
+            can_write = false;
+            break 'run;
+        }
+        if failure.is_some() || session.is_closed() {
+            break 'run;
+        }
+    }
+
+    // Closing: stop the reader, refuse new sends, write what was accepted, shut down, on_close.
+    session.mark_closed();
+    token.cancel();
+    outbound.close();
+    inbound.close();
+    if can_write {
+        while let Ok(o) = outbound.try_recv() {
+            outbox.push(o);
+        }
+        out.encode(&mut outbox, &sink, &mut errors);
+        errors.clear();
+        if out.flush(&mut sink, &session, cfg, force).await.is_ok() {
+            let _ = guarded(
+                async {
+                    sink.shutdown().await;
+                    Ok(())
+                },
+                cfg.write_timeout,
+                force,
+            )
+            .await;
+        }
+    }
+    if let Some(r) = reader {
+        r.abort();
+    }
+    match &failure {
+        Some(e) => {
+            tracing::debug!(session = session.id(), peer = %session.peer_addr(), error = %e, "session closed")
+        }
+        None => {
+            tracing::trace!(session = session.id(), peer = %session.peer_addr(), "session closed")
+        }
+    }
+    listener.on_close(&session).await;
+    Ok(())
+}

@@ -1,0 +1,509 @@
+//! [`Server`]: binds any mix of TCP, TLS, UDP and WebSocket addresses and runs a session per
+//! connection (per peer address for UDP), with a session limit and graceful shutdown.
+
+use super::config::SessionConfig;
+use super::conn::{run_conn, Conn, Io};
+use super::endpoint::{Endpoint, Transport};
+use super::handle::Session;
+use super::listener::EventListener;
+use super::runtime::{drive, Inbound, Parts};
+use super::udp::{decode_datagram, UdpSink, MAX_DATAGRAM};
+use super::Codec;
+use crate::Error;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A running server. Dropping it stops accepting and closes every session (without waiting);
+/// [`shutdown`](Server::shutdown) does the same gracefully and waits.
+pub struct Server {
+    endpoints: Vec<Endpoint>,
+    ctl: Arc<Control>,
+}
+
+struct Control {
+    accept: CancellationToken,
+    sessions: CancellationToken,
+    force: CancellationToken,
+    tracker: TaskTracker,
+    limit: Arc<Semaphore>,
+    max_sessions: usize,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.accept.cancel();
+        self.sessions.cancel();
+    }
+}
+
+/// Builds a [`Server`]: `Server::builder(codec, factory).bind(url)….start().await`.
+pub struct ServerBuilder<L, C, F> {
+    codec: C,
+    factory: F,
+    binds: Vec<Result<Endpoint, Error>>,
+    cfg: SessionConfig,
+    max_sessions: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
+    _listener: PhantomData<fn() -> L>,
+}
+
+impl Server {
+    /// Starts building a server whose sessions frame with `codec` (cloned per session) and
+    /// whose listener is made by `factory`, once per new session.
+    pub fn builder<L, C, F>(codec: C, factory: F) -> ServerBuilder<L, C, F>
+    where
+        L: EventListener,
+        C: Codec<L::In, L::Out>,
+        F: Fn() -> L + Send + Sync + 'static,
+    {
+        ServerBuilder {
+            codec,
+            factory,
+            binds: Vec::new(),
+            cfg: SessionConfig::default(),
+            max_sessions: 100_000,
+            #[cfg(feature = "tls")]
+            tls: None,
+            _listener: PhantomData,
+        }
+    }
+
+    /// The endpoints the server listens on, with the ports actually bound (port 0 resolved).
+    pub fn local_endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The bound address of the first endpoint of `transport`.
+    pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.endpoints
+            .iter()
+            .find(|e| e.transport() == transport)
+            .and_then(|e| format!("{}", e.authority()).parse().ok())
+    }
+
+    /// The bound endpoint of `transport` (e.g. to hand to a client).
+    pub fn endpoint(&self, transport: Transport) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.transport() == transport)
+    }
+
+    /// Sessions open now.
+    pub fn session_count(&self) -> usize {
+        self.ctl.max_sessions - self.ctl.limit.available_permits()
+    }
+
+    /// Graceful shutdown: stop accepting, close every session (each writes what was already
+    /// queued, then shuts down its connection and runs `on_close`), and return when all are
+    /// closed. Sessions still open after `grace` are closed by force.
+    pub async fn shutdown(self, grace: Duration) {
+        let ctl = &self.ctl;
+        ctl.accept.cancel();
+        ctl.sessions.cancel();
+        ctl.tracker.close();
+        if tokio::time::timeout(grace, ctl.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.session_count(),
+                "shutdown grace period over, closing by force"
+            );
+            ctl.force.cancel();
+            ctl.tracker.wait().await;
+        }
+    }
+}
+
+impl<L, C, F> ServerBuilder<L, C, F>
+where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    F: Fn() -> L + Send + Sync + 'static,
+{
+    /// Adds an address to listen on: `tcp://`, `udp://`, `ws://host:port/path`, and with the
+    /// `tls` feature `tls://` and `wss://`. Port 0 picks a free port; read it back with
+    /// [`Server::local_endpoints`].
+    pub fn bind(mut self, url: &str) -> Self {
+        self.binds.push(Endpoint::parse(url));
+        self
+    }
+
+    /// Replaces the whole session configuration.
+    pub fn config(mut self, cfg: SessionConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Runs `on_cron` every `period`.
+    pub fn cron_period(mut self, period: Duration) -> Self {
+        self.cfg.cron_period = Some(period);
+        self
+    }
+
+    /// Closes sessions whose `active()` time is older than `timeout`.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.session_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds how long a started frame may take to arrive whole.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds how long one write may take.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.write_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest frame accepted (see [`SessionConfig::max_frame_len`]).
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.cfg.max_frame_len = len;
+        self
+    }
+
+    /// The most sessions open at once (TCP, WebSocket and UDP peers together); connections
+    /// beyond it are closed at once, datagrams from new UDP peers dropped. Default 100,000.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
+    /// The TLS configuration for `tls://` and `wss://` endpoints (see [`crate::session::tls`]).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Binds every address and starts serving.
+    pub async fn start(self) -> Result<Server, Error> {
+        self.cfg.validate()?;
+        if self.max_sessions == 0 || self.max_sessions > Semaphore::MAX_PERMITS {
+            return Err(Error::Config("max_sessions must be at least 1".into()));
+        }
+        if self.binds.is_empty() {
+            return Err(Error::Config("no address to bind: call bind(url)".into()));
+        }
+        let binds = self.binds.into_iter().collect::<Result<Vec<_>, _>>()?;
+        #[cfg(feature = "tls")]
+        let tls = self.tls.map(tokio_rustls::TlsAcceptor::from);
+        for e in &binds {
+            if e.transport().is_tls() {
+                #[cfg(feature = "tls")]
+                if tls.is_none() {
+                    return Err(Error::Config(format!(
+                        "{e} needs a TLS configuration: call tls(..)"
+                    )));
+                }
+                #[cfg(not(feature = "tls"))]
+                return Err(Error::Config(format!("{e} needs the `tls` cargo feature")));
+            }
+            #[cfg(not(feature = "ws"))]
+            if e.transport().is_ws() {
+                return Err(Error::Config(format!("{e} needs the `ws` cargo feature")));
+            }
+        }
+        let mut udp_cfg = self.cfg.clone();
+        udp_cfg.session_timeout = udp_cfg.session_timeout.or(Some(udp_cfg.udp_idle_timeout));
+        let ctl = Arc::new(Control {
+            accept: CancellationToken::new(),
+            sessions: CancellationToken::new(),
+            force: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            limit: Arc::new(Semaphore::new(self.max_sessions)),
+            max_sessions: self.max_sessions,
+        });
+        let shared = Arc::new(Shared {
+            factory: self.factory,
+            codec: self.codec,
+            cfg: self.cfg,
+            udp_cfg,
+            accept: ctl.accept.clone(),
+            sessions: ctl.sessions.clone(),
+            force: ctl.force.clone(),
+            tracker: ctl.tracker.clone(),
+            limit: ctl.limit.clone(),
+            #[cfg(feature = "tls")]
+            tls,
+            _listener: PhantomData,
+        });
+        let mut endpoints = Vec::with_capacity(binds.len());
+        for ep in binds {
+            let addr = ep.resolve().await?;
+            if ep.transport() == Transport::Udp {
+                let socket = Arc::new(UdpSocket::bind(addr).await?);
+                let local = socket.local_addr()?;
+                endpoints.push(Endpoint::from_addr(Transport::Udp, local, "/"));
+                ctl.tracker
+                    .spawn(udp_dispatch(socket, local, shared.clone()));
+            } else {
+                let listener = TcpListener::bind(addr).await?;
+                let local = listener.local_addr()?;
+                let bound = Endpoint::from_addr(ep.transport(), local, ep.path());
+                endpoints.push(bound.clone());
+                ctl.tracker
+                    .spawn(accept_loop(listener, bound, shared.clone()));
+            }
+        }
+        tracing::info!(endpoints = ?endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "server started");
+        Ok(Server { endpoints, ctl })
+    }
+}
+
+struct Shared<L, C, F> {
+    factory: F,
+    codec: C,
+    cfg: SessionConfig,
+    udp_cfg: SessionConfig,
+    accept: CancellationToken,
+    sessions: CancellationToken,
+    force: CancellationToken,
+    tracker: TaskTracker,
+    limit: Arc<Semaphore>,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    _listener: PhantomData<fn() -> L>,
+}
+
+/// Whether an `accept` error means the process or system is out of a resource (then back off
+/// instead of spinning).
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if [23, 24, 105, 12].contains(&code)) // ENFILE EMFILE ENOBUFS ENOMEM
+}
+
+async fn accept_loop<L, C, F>(listener: TcpListener, ep: Endpoint, shared: Arc<Shared<L, C, F>>)
+where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    F: Fn() -> L + Send + Sync + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.accept.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                if is_resource_exhaustion(&e) {
+                    tracing::warn!(endpoint = %ep, error = %e, "accept failed, backing off");
+                    tokio::select! {
+                        _ = shared.accept.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                } else {
+                    tracing::debug!(endpoint = %ep, error = %e, "accept failed");
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+            tracing::warn!(endpoint = %ep, %peer, "session limit reached, refusing connection");
+            continue;
+        };
+        let shared2 = shared.clone();
+        let transport = ep.transport();
+        let path = ep.path().to_string();
+        shared.tracker.spawn(async move {
+            if let Err(e) = serve_conn(stream, peer, transport, &path, &shared2, permit).await {
+                tracing::debug!(%peer, %transport, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn serve_conn<L, C, F>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    path: &str,
+    shared: &Shared<L, C, F>,
+    _permit: OwnedSemaphorePermit,
+) -> Result<(), Error>
+where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    F: Fn() -> L + Send + Sync + 'static,
+{
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr()?;
+    let cfg = &shared.cfg;
+    let io = if transport == Transport::Tcp {
+        Io::Tcp(stream)
+    } else {
+        let limit = cfg.handshake_timeout;
+        let handshake = handshake(stream, transport, path, shared);
+        tokio::select! {
+            _ = shared.sessions.cancelled() => return Ok(()),
+            r = tokio::time::timeout(limit, handshake) => r.map_err(|_| Error::HandshakeTimeout(limit))??,
+        }
+    };
+    let conn = Conn {
+        io,
+        transport,
+        local,
+        peer,
+    };
+    let token = shared.sessions.child_token();
+    run_conn(
+        conn,
+        (shared.factory)(),
+        shared.codec.clone(),
+        cfg,
+        token,
+        &shared.force,
+        |_| {},
+    )
+    .await
+}
+
+#[allow(unused_variables)]
+async fn handshake<L, C, F>(
+    stream: TcpStream,
+    transport: Transport,
+    path: &str,
+    shared: &Shared<L, C, F>,
+) -> Result<Io, Error> {
+    #[cfg(feature = "tls")]
+    let tls = |stream: TcpStream| async {
+        let acceptor = shared
+            .tls
+            .as_ref()
+            .ok_or_else(|| Error::Config("no TLS configuration".into()))?;
+        let s = acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        Ok::<_, Error>(Box::new(tokio_rustls::TlsStream::Server(s)))
+    };
+    match transport {
+        #[cfg(feature = "tls")]
+        Transport::Tls => Ok(Io::Tls(tls(stream).await?)),
+        #[cfg(feature = "ws")]
+        Transport::Ws => {
+            let ws = super::ws::accept(super::io::Stream::Plain(stream), path, &shared.cfg).await?;
+            Ok(Io::Ws(Box::new(ws)))
+        }
+        #[cfg(all(feature = "ws", feature = "tls"))]
+        Transport::Wss => {
+            let s = super::io::Stream::Tls(tls(stream).await?);
+            Ok(Io::Ws(Box::new(
+                super::ws::accept(s, path, &shared.cfg).await?,
+            )))
+        }
+        other => Err(Error::Config(format!(
+            "transport {other} is not available in this build"
+        ))),
+    }
+}
+
+/// One UDP peer known to the dispatcher.
+struct Peer<I, O, C> {
+    tx: mpsc::Sender<Inbound<I>>,
+    codec: C,
+    session: Session<O>,
+}
+
+/// The reader of a UDP server socket: routes each datagram, decoded, to its peer's session.
+async fn udp_dispatch<L, C, F>(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    shared: Arc<Shared<L, C, F>>,
+) where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    F: Fn() -> L + Send + Sync + 'static,
+{
+    let mut scratch = vec![0u8; MAX_DATAGRAM + 1];
+    let mut peers: HashMap<SocketAddr, Peer<L::In, L::Out, C>> = HashMap::new();
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    loop {
+        let (n, addr) = tokio::select! {
+            biased;
+            _ = shared.accept.cancelled() => break,
+            Some((addr, id)) = gone_rx.recv() => {
+                if peers.get(&addr).is_some_and(|p| p.session.id() == id) {
+                    peers.remove(&addr);
+                }
+                continue;
+            }
+            r = socket.recv_from(&mut scratch) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(%local, error = %e, "udp receive failed");
+                    continue;
+                }
+            },
+        };
+        let live = peers.get(&addr).is_some_and(|p| !p.tx.is_closed());
+        if !live {
+            peers.remove(&addr);
+            let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "session limit reached, dropping datagram");
+                continue;
+            };
+            let cfg = &shared.udp_cfg;
+            let token = shared.sessions.child_token();
+            let (session, outbound) =
+                Session::new(Transport::Udp, local, addr, cfg.send_queue, token);
+            let (tx, inbound) = mpsc::channel(cfg.recv_queue);
+            let parts = Parts {
+                listener: (shared.factory)(),
+                codec: shared.codec.clone(),
+                session: session.clone(),
+                outbound,
+                inbound,
+            };
+            let sink = UdpSink::to_peer(socket.clone(), addr);
+            let (shared2, gone, id) = (shared.clone(), gone_tx.clone(), session.id());
+            shared.tracker.spawn(async move {
+                let _permit = permit;
+                let cfg = &shared2.udp_cfg;
+                let none = None::<std::future::Ready<()>>;
+                let _ = drive(parts, sink, none, cfg, &shared2.force, |_| {}).await;
+                let _ = gone.send((addr, id));
+            });
+            peers.insert(
+                addr,
+                Peer {
+                    tx,
+                    codec: shared.codec.clone(),
+                    session,
+                },
+            );
+        }
+        let Some(peer) = peers.get_mut(&addr) else {
+            continue;
+        };
+        let stats = peer.session.stats_ref();
+        stats.add_in(0, n as u64);
+        stats.touch();
+        let max = shared.udp_cfg.max_frame_len;
+        let (frames, dropped, err) = if n > max {
+            (0, 0, Some(Error::FrameTooLarge { len: n, max }))
+        } else {
+            decode_datagram(&mut peer.codec, BytesMut::from(&scratch[..n]), &peer.tx)
+        };
+        stats.add_in(frames, 0);
+        if dropped > 0 {
+            tracing::debug!(%addr, dropped, "udp session queue full, frames dropped");
+        }
+        if let Some(e) = err {
+            // The session reports it and closes; the next datagram from this peer opens anew.
+            let _ = peer.tx.try_send(Inbound::Err(e));
+            peers.remove(&addr);
+        }
+    }
+}

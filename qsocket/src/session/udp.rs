@@ -1,0 +1,150 @@
+//! UDP: one datagram per frame. A client session is a connected socket with its own reader; a
+//! server has one socket whose dispatcher task reads every datagram and routes it, decoded, to
+//! the session of its peer address (creating it on first contact, up to the session limit).
+
+use super::handle::Session;
+use super::io::FrameSink;
+use super::runtime::{decode_all, Inbound, ReadLimits};
+use crate::Error;
+use bytes::BytesMut;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::codec::Decoder;
+
+/// The largest UDP payload over IPv4.
+pub(crate) const MAX_DATAGRAM: usize = 65_507;
+
+/// Sends each frame as one datagram.
+pub(crate) struct UdpSink {
+    socket: Arc<UdpSocket>,
+    /// `None` for a connected socket.
+    peer: Option<SocketAddr>,
+}
+
+impl UdpSink {
+    pub(crate) fn connected(socket: Arc<UdpSocket>) -> Self {
+        UdpSink { socket, peer: None }
+    }
+
+    pub(crate) fn to_peer(socket: Arc<UdpSocket>, peer: SocketAddr) -> Self {
+        UdpSink {
+            socket,
+            peer: Some(peer),
+        }
+    }
+}
+
+impl FrameSink for UdpSink {
+    const MESSAGES: bool = true;
+
+    fn max_message(&self) -> usize {
+        MAX_DATAGRAM
+    }
+
+    async fn write(&mut self, buf: &mut BytesMut, bounds: &mut Vec<usize>) -> Result<(), Error> {
+        let mut start = 0;
+        for &end in bounds.iter() {
+            let datagram = &buf[start..end];
+            match self.peer {
+                Some(p) => self.socket.send_to(datagram, p).await?,
+                None => self.socket.send(datagram).await?,
+            };
+            start = end;
+        }
+        buf.clear();
+        bounds.clear();
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {}
+}
+
+/// Decodes one datagram for a server session without waiting: every frame in it, then what the
+/// codec makes of the rest at end of input. Frames that do not fit in the handler's queue are
+/// dropped: one slow peer must not stall the socket every peer shares, and UDP is lossy anyway.
+///
+/// Returns `(frames, dropped, error)`.
+pub(crate) fn decode_datagram<D>(
+    codec: &mut D,
+    mut buf: BytesMut,
+    tx: &mpsc::Sender<Inbound<D::Item>>,
+) -> (u64, u64, Option<Error>)
+where
+    D: Decoder<Error: Into<crate::error::BoxError> + Send>,
+{
+    let (mut frames, mut dropped) = (0, 0);
+    while !buf.is_empty() {
+        let item = match codec.decode_eof(&mut buf) {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(e) => return (frames, dropped, Some(Error::Decode(e.into()))),
+        };
+        match tx.try_send(Inbound::Msg(item)) {
+            Ok(()) => frames += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+    (frames, dropped, None)
+}
+
+/// The reader task of a UDP client session (a connected socket).
+pub(crate) async fn datagram_reader<D, O>(
+    socket: Arc<UdpSocket>,
+    mut codec: D,
+    tx: mpsc::Sender<Inbound<D::Item>>,
+    session: Session<O>,
+    limits: ReadLimits,
+) where
+    D: Decoder<Error: Into<crate::error::BoxError> + Send> + Send,
+    D::Item: Send,
+    O: Send + 'static,
+{
+    let token = session.token().clone();
+    let mut scratch: Vec<u8> = Vec::new();
+    loop {
+        let recv = async {
+            loop {
+                socket.readable().await?;
+                if scratch.is_empty() {
+                    scratch = vec![0; MAX_DATAGRAM + 1];
+                }
+                match socket.try_recv(&mut scratch) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let n = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            r = recv => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    // On a connected socket this is how an ICMP "port unreachable" shows.
+                    let _ = tx.send(Inbound::Err(e.into())).await;
+                    return;
+                }
+            },
+        };
+        let stats = session.stats_ref();
+        stats.add_in(0, n as u64);
+        stats.touch();
+        if n > limits.max_frame_len {
+            let err = Error::FrameTooLarge {
+                len: n,
+                max: limits.max_frame_len,
+            };
+            let _ = tx.send(Inbound::Err(err)).await;
+            return;
+        }
+        let mut buf = BytesMut::from(&scratch[..n]);
+        if !decode_all(&mut codec, &mut buf, &tx, &session, true).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! WebSocket: one binary (or text) message per decode, one message per encoded frame. Pings are
+//! sent by the handler every `ws_ping_period`; tungstenite answers the peer's pings; every
+//! message read, pongs included, keeps the session's `active()` current.
+
+use super::config::SessionConfig;
+use super::handle::Session;
+use super::io::{FrameSink, Stream};
+use super::runtime::{decode_all, Inbound, ReadLimits};
+use crate::Error;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::codec::Decoder;
+
+type Ws = WebSocketStream<Stream>;
+
+fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> Error {
+    Error::WebSocket(Box::new(e))
+}
+
+/// tungstenite's settings derived from the session's: bounded messages, small read buffer
+/// (its default is 128 KiB per connection), bounded write buffer.
+pub(crate) fn ws_config(cfg: &SessionConfig) -> WebSocketConfig {
+    let max = cfg.max_frame_len;
+    WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer.clamp(512, 64 * 1024))
+        .write_buffer_size(0)
+        .max_write_buffer_size(max.saturating_add(64 * 1024))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// The server side of the upgrade: only `path` is accepted; anything else gets 404.
+pub(crate) async fn accept(stream: Stream, path: &str, cfg: &SessionConfig) -> Result<Ws, Error> {
+    let path = path.to_string();
+    let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == path {
+            Ok(resp)
+        } else {
+            let mut e = ErrorResponse::new(Some(format!(
+                "no websocket endpoint at {}",
+                req.uri().path()
+            )));
+            *e.status_mut() = StatusCode::NOT_FOUND;
+            Err(e)
+        }
+    };
+    tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ws_config(cfg)))
+        .await
+        .map_err(ws_err)
+}
+
+/// The client side of the upgrade.
+pub(crate) async fn connect(stream: Stream, url: &str, cfg: &SessionConfig) -> Result<Ws, Error> {
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(cfg)))
+            .await
+            .map_err(ws_err)?;
+    Ok(ws)
+}
+
+/// Writes each frame as one binary message, flushing once per batch.
+pub(crate) struct WsSink {
+    sink: SplitSink<Ws, Message>,
+    max: usize,
+}
+
+impl WsSink {
+    pub(crate) fn new(sink: SplitSink<Ws, Message>, max: usize) -> Self {
+        WsSink { sink, max }
+    }
+}
+
+impl FrameSink for WsSink {
+    const MESSAGES: bool = true;
+
+    fn max_message(&self) -> usize {
+        self.max
+    }
+
+    async fn write(&mut self, buf: &mut BytesMut, bounds: &mut Vec<usize>) -> Result<(), Error> {
+        let mut data = buf.split().freeze();
+        let mut start = 0;
+        for &end in bounds.iter() {
+            let msg = data.split_to(end - start);
+            start = end;
+            self.sink.feed(Message::Binary(msg)).await.map_err(ws_err)?;
+        }
+        bounds.clear();
+        self.sink.flush().await.map_err(ws_err)
+    }
+
+    async fn ping(&mut self) -> Result<(), Error> {
+        self.sink
+            .send(Message::Ping(Bytes::new()))
+            .await
+            .map_err(ws_err)
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+/// The reader task of a WebSocket session.
+pub(crate) async fn ws_reader<D, O>(
+    mut stream: SplitStream<Ws>,
+    mut codec: D,
+    tx: mpsc::Sender<Inbound<D::Item>>,
+    session: Session<O>,
+    _limits: ReadLimits,
+) where
+    D: Decoder<Error: Into<crate::error::BoxError> + Send> + Send,
+    D::Item: Send,
+    O: Send + 'static,
+{
+    let token = session.token().clone();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = token.cancelled() => return,
+            m = stream.next() => m,
+        };
+        let data = match next {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Text(t))) => Bytes::from(t),
+            Some(Ok(_)) => {
+                // Ping (answered by tungstenite), pong, raw frame: proof of life only.
+                session.stats_ref().touch();
+                continue;
+            }
+            Some(Err(e)) => {
+                let _ = tx.send(Inbound::Err(ws_err(e))).await;
+                return;
+            }
+        };
+        let stats = session.stats_ref();
+        stats.add_in(0, data.len() as u64);
+        stats.touch();
+        let mut buf = BytesMut::from(data);
+        if !decode_all(&mut codec, &mut buf, &tx, &session, true).await {
+            return;
+        }
+    }
+}
