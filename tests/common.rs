@@ -58,7 +58,11 @@ impl Events {
             }
         })
         .await;
-        assert!(done.is_ok(), "timed out waiting for {what}; events: {:?}", self.snapshot());
+        assert!(
+            done.is_ok(),
+            "timed out waiting for {what}; events: {:?}",
+            self.snapshot()
+        );
     }
 }
 

@@ -24,7 +24,9 @@ async fn echo_roundtrip(url: &str, n: usize) -> qsocket::session::Client<Bytes> 
         .start()
         .await
         .expect("client starts");
-    let session = within("client session", client.session()).await.expect("live session");
+    let session = within("client session", client.session())
+        .await
+        .expect("live session");
     for i in 0..n {
         session
             .send(Bytes::from(format!("message {i}")))
@@ -33,7 +35,11 @@ async fn echo_roundtrip(url: &str, n: usize) -> qsocket::session::Client<Bytes> 
     }
     for i in 0..n {
         let got = within("echo", rx.recv()).await.expect("echo");
-        assert_eq!(got, Bytes::from(format!("message {i}")), "echo {i} over {url}");
+        assert_eq!(
+            got,
+            Bytes::from(format!("message {i}")),
+            "echo {i} over {url}"
+        );
     }
     let stats = session.stats();
     assert_eq!(stats.packets_out, n as u64);
@@ -46,14 +52,22 @@ async fn echo_roundtrip(url: &str, n: usize) -> qsocket::session::Client<Bytes> 
 async fn echo_over_tcp_udp_and_ws_on_one_server() {
     let events = Events::default();
     let server = echo_server(
-        &["tcp://127.0.0.1:0", "udp://127.0.0.1:0", "ws://127.0.0.1:0/echo"],
+        &[
+            "tcp://127.0.0.1:0",
+            "udp://127.0.0.1:0",
+            "ws://127.0.0.1:0/echo",
+        ],
         &events,
     )
     .await;
     assert_eq!(server.local_endpoints().len(), 3);
     for t in [Transport::Tcp, Transport::Udp, Transport::Ws] {
         let ep = server.endpoint(t).expect("bound").to_string();
-        assert_ne!(server.local_addr(t).expect("addr").port(), 0, "port 0 resolved");
+        assert_ne!(
+            server.local_addr(t).expect("addr").port(),
+            0,
+            "port 0 resolved"
+        );
         // UDP on loopback with one message at a time in flight does not lose datagrams in
         // practice; the echo waits for each reply, so a loss would show as a timeout.
         let n = if t == Transport::Udp { 20 } else { 200 };
@@ -76,8 +90,8 @@ async fn echo_over_tcp_udp_and_ws_on_one_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_over_tls_and_wss() {
     let (cert, key) = self_signed();
-    let server_tls = qsocket::session::tls::server_config(cert.as_bytes(), key.as_bytes())
-        .expect("server tls");
+    let server_tls =
+        qsocket::session::tls::server_config(cert.as_bytes(), key.as_bytes()).expect("server tls");
     let client_tls = qsocket::session::tls::client_config(cert.as_bytes()).expect("client tls");
     let events = Events::default();
     let server = Server::builder(codec(), echo_factory(&events))
@@ -102,7 +116,9 @@ async fn echo_over_tls_and_wss() {
         let s = within("tls session", client.session()).await.expect("live");
         assert_eq!(s.transport(), t);
         for i in 0..50 {
-            s.send(Bytes::from(vec![i as u8; 1000])).await.expect("send");
+            s.send(Bytes::from(vec![i as u8; 1000]))
+                .await
+                .expect("send");
         }
         for i in 0..50 {
             let got = within("echo", rx.recv()).await.expect("echo");
@@ -188,7 +204,10 @@ async fn refused_session_gets_no_callbacks_and_closes() {
     impl qsocket::session::EventListener for Refuse {
         type In = bytes::BytesMut;
         type Out = Bytes;
-        async fn on_open(&mut self, _s: &qsocket::session::Session<Bytes>) -> Result<(), qsocket::Error> {
+        async fn on_open(
+            &mut self,
+            _s: &qsocket::session::Session<Bytes>,
+        ) -> Result<(), qsocket::Error> {
             Err(qsocket::Error::refused("not today"))
         }
         async fn on_close(&mut self, s: &qsocket::session::Session<Bytes>) {
@@ -205,11 +224,18 @@ async fn refused_session_gets_no_callbacks_and_closes() {
     let addr = server.local_addr(Transport::Tcp).expect("addr");
     let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut buf = [0u8; 16];
-    let n = within("server closes the refused connection", tokio::io::AsyncReadExt::read(&mut raw, &mut buf))
-        .await
-        .unwrap_or(0);
+    let n = within(
+        "server closes the refused connection",
+        tokio::io::AsyncReadExt::read(&mut raw, &mut buf),
+    )
+    .await
+    .unwrap_or(0);
     assert_eq!(n, 0, "EOF");
-    assert_eq!(events.count(|_| true), 0, "no on_close for a refused session");
+    assert_eq!(
+        events.count(|_| true),
+        0,
+        "no on_close for a refused session"
+    );
     assert_eq!(server.session_count(), 0);
     server.shutdown(Duration::from_secs(5)).await;
 }
@@ -226,21 +252,29 @@ async fn send_on_closed_session_errors_and_attributes_work() {
         .expect("client");
     let s = within("session", client.session()).await.expect("live");
     s.set_attr(Arc::new(String::from("user-7")));
-    assert_eq!(s.attr::<Arc<String>>().as_deref().map(String::as_str), Some("user-7"));
+    assert_eq!(
+        s.attr::<Arc<String>>().as_deref().map(String::as_str),
+        Some("user-7")
+    );
     client.close(Duration::from_secs(5)).await;
     assert!(s.is_closed());
     let r = within("send on closed returns", s.send(Bytes::from_static(b"x"))).await;
     assert!(matches!(r, Err(qsocket::Error::SessionClosed)), "{r:?}");
     assert!(s.try_send(Bytes::from_static(b"x")).is_err());
-    assert!(matches!(client.session().await, Err(qsocket::Error::ClientClosed)));
+    assert!(matches!(
+        client.session().await,
+        Err(qsocket::Error::ClientClosed)
+    ));
     server.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_server_keeps_one_session_per_peer_and_expires_idle_ones() {
     let events = Events::default();
-    let mut cfg = qsocket::session::SessionConfig::default();
-    cfg.udp_idle_timeout = Duration::from_millis(300);
+    let cfg = qsocket::session::SessionConfig {
+        udp_idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
     let server = Server::builder(codec(), echo_factory(&events))
         .bind("udp://127.0.0.1:0")
         .config(cfg)
@@ -248,8 +282,12 @@ async fn udp_server_keeps_one_session_per_peer_and_expires_idle_ones() {
         .await
         .expect("server");
     let addr = server.local_addr(Transport::Udp).expect("udp");
-    let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let a = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let b = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     // One length-delimited frame per datagram: 4-byte big-endian length + payload.
     let frame = |p: &[u8]| {
         let mut v = (p.len() as u32).to_be_bytes().to_vec();

@@ -27,7 +27,9 @@ fn frame(p: &[u8]) -> Vec<u8> {
 async fn raw_echo(s: &mut TcpStream, payload: &[u8]) {
     s.write_all(&frame(payload)).await.expect("write");
     let mut got = vec![0u8; 4 + payload.len()];
-    within("raw echo", s.read_exact(&mut got)).await.expect("read echo");
+    within("raw echo", s.read_exact(&mut got))
+        .await
+        .expect("read echo");
     assert_eq!(got, frame(payload));
 }
 
@@ -85,7 +87,9 @@ async fn idle_session_times_out_and_active_ones_do_not() {
     assert!(closed_by_peer(&mut idle).await);
     events
         .wait_until("timeout reported, then closed", |e| {
-            e.iter().any(|e| matches!(e, Ev::Error(_, m) if m.contains("timed out"))) && closes(e) == 1
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("timed out")))
+                && closes(e) == 1
         })
         .await;
     // A session that keeps talking stays open well past the timeout.
@@ -94,7 +98,11 @@ async fn idle_session_times_out_and_active_ones_do_not() {
         raw_echo(&mut busy, b"ping").await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(closes(&events.snapshot()), 1, "the busy session is still open");
+    assert_eq!(
+        closes(&events.snapshot()),
+        1,
+        "the busy session is still open"
+    );
     server.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -110,7 +118,9 @@ async fn garbage_closes_only_the_sending_session() {
     assert!(closed_by_peer(&mut bad).await);
     events
         .wait_until("decode error reported and the bad session closed", |e| {
-            e.iter().any(|e| matches!(e, Ev::Error(_, m) if m.contains("decode"))) && closes(e) == 1
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("decode")))
+                && closes(e) == 1
         })
         .await;
     raw_echo(&mut good, b"still here").await;
@@ -129,7 +139,9 @@ async fn oversized_frame_is_refused_before_it_is_buffered() {
     let mut good = TcpStream::connect(addr).await.expect("connect");
     let mut big = TcpStream::connect(addr).await.expect("connect");
     // Announce 500 KB (within the codec's limit) and trickle more than max_frame_len.
-    big.write_all(&(500_000u32).to_be_bytes()).await.expect("write");
+    big.write_all(&(500_000u32).to_be_bytes())
+        .await
+        .expect("write");
     let chunk = vec![7u8; 1024];
     for _ in 0..8 {
         if big.write_all(&chunk).await.is_err() {
@@ -139,7 +151,8 @@ async fn oversized_frame_is_refused_before_it_is_buffered() {
     assert!(closed_by_peer(&mut big).await);
     events
         .wait_until("frame too large", |e| {
-            e.iter().any(|e| matches!(e, Ev::Error(_, m) if m.contains("frame too large")))
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("frame too large")))
         })
         .await;
     raw_echo(&mut good, b"fine").await;
@@ -155,11 +168,14 @@ async fn partial_frame_that_stalls_hits_the_read_timeout() {
     };
     let (server, addr) = tcp_server(&events, cfg).await;
     let mut slow = TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(&frame(b"complete")[..6]).await.expect("write half");
+    slow.write_all(&frame(b"complete")[..6])
+        .await
+        .expect("write half");
     assert!(closed_by_peer(&mut slow).await);
     events
         .wait_until("read timeout", |e| {
-            e.iter().any(|e| matches!(e, Ev::Error(_, m) if m.contains("read timed out")))
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("read timed out")))
         })
         .await;
     server.shutdown(Duration::from_secs(5)).await;
@@ -175,7 +191,9 @@ async fn last_frame_before_eof_is_delivered_and_reset_is_survived() {
     drop(s);
     events
         .wait_until("last frame delivered before close", |e| {
-            let msg = e.iter().position(|e| matches!(e, Ev::Msg(_, m) if &m[..] == b"last words"));
+            let msg = e
+                .iter()
+                .position(|e| matches!(e, Ev::Msg(_, m) if &m[..] == b"last words"));
             let close = e.iter().position(|e| matches!(e, Ev::Close(_)));
             matches!((msg, close), (Some(m), Some(c)) if m < c)
         })
@@ -186,7 +204,9 @@ async fn last_frame_before_eof_is_delivered_and_reset_is_survived() {
     let mut r = r;
     r.write_all(&frame(b"cut")[..5]).await.expect("write");
     drop(r);
-    events.wait_until("two sessions closed", |e| closes(e) == 2).await;
+    events
+        .wait_until("two sessions closed", |e| closes(e) == 2)
+        .await;
     let mut good = TcpStream::connect(addr).await.expect("connect");
     raw_echo(&mut good, b"ok").await;
     server.shutdown(Duration::from_secs(5)).await;
@@ -218,8 +238,13 @@ async fn websocket_pings_keep_a_session_alive_and_a_silent_peer_is_closed() {
     // Quiet for several timeouts: only pings and pongs flow.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!s.is_closed(), "pongs kept the session alive");
-    s.send(Bytes::from_static(b"after the quiet")).await.expect("send");
-    assert_eq!(&within("echo", rx.recv()).await.expect("echo")[..], b"after the quiet");
+    s.send(Bytes::from_static(b"after the quiet"))
+        .await
+        .expect("send");
+    assert_eq!(
+        &within("echo", rx.recv()).await.expect("echo")[..],
+        b"after the quiet"
+    );
     assert_eq!(closes(&events.snapshot()), 0);
 
     // A peer that completes the upgrade and then never reads never answers a ping.
@@ -231,7 +256,9 @@ async fn websocket_pings_keep_a_session_alive_and_a_silent_peer_is_closed() {
         .expect("ws connect");
     events
         .wait_until("silent peer closed after the timeout", |e| {
-            e.iter().any(|e| matches!(e, Ev::Error(_, m) if m.contains("timed out"))) && closes(e) == 1
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("timed out")))
+                && closes(e) == 1
         })
         .await;
     drop(silent);
@@ -253,18 +280,19 @@ async fn websocket_garbage_and_wrong_path_are_refused() {
     // Wrong path: 404, no session.
     let wrong = format!("ws://{addr}/nope");
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let err = tokio_tungstenite::client_async(wrong.as_str(), tcp)
-        .await
-        .err()
-        .expect("refused");
+    let Err(err) = tokio_tungstenite::client_async(wrong.as_str(), tcp).await else {
+        panic!("a wrong path must be refused");
+    };
     assert!(err.to_string().contains("404"), "{err}");
 
     // A good session next to a bad one.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = Client::builder(&format!("ws://{addr}/ws"), codec(), move || Forward(tx.clone()))
-        .start()
-        .await
-        .expect("client");
+    let client = Client::builder(&format!("ws://{addr}/ws"), codec(), move || {
+        Forward(tx.clone())
+    })
+    .start()
+    .await
+    .expect("client");
     let s = within("ws session", client.session()).await.expect("live");
 
     // Upgrade by hand, then send bytes that are no WebSocket frame (unmasked, reserved opcode).
@@ -277,19 +305,30 @@ async fn websocket_garbage_and_wrong_path_are_refused() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        within("upgrade response", raw.read_exact(&mut byte)).await.expect("read");
+        within("upgrade response", raw.read_exact(&mut byte))
+            .await
+            .expect("read");
         head.push(byte[0]);
     }
     assert!(String::from_utf8_lossy(&head).contains("101"));
-    raw.write_all(&[0x8f, 0x7f, 1, 2, 3, 4, 5, 6, 7, 8]).await.expect("garbage");
+    raw.write_all(&[0x8f, 0x7f, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .expect("garbage");
     assert!(closed_by_peer(&mut raw).await);
     events
         .wait_until("websocket error reported", |e| {
-            e.iter().any(|e| matches!(e, Ev::Error(_, m) if m.contains("websocket"))) && closes(e) == 1
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("websocket")))
+                && closes(e) == 1
         })
         .await;
-    s.send(Bytes::from_static(b"unaffected")).await.expect("send");
-    assert_eq!(&within("echo", rx.recv()).await.expect("echo")[..], b"unaffected");
+    s.send(Bytes::from_static(b"unaffected"))
+        .await
+        .expect("send");
+    assert_eq!(
+        &within("echo", rx.recv()).await.expect("echo")[..],
+        b"unaffected"
+    );
     client.close(Duration::from_secs(5)).await;
     server.shutdown(Duration::from_secs(5)).await;
 }
@@ -301,7 +340,10 @@ async fn graceful_shutdown_delivers_queued_writes_first() {
     impl qsocket::session::EventListener for Keep {
         type In = bytes::BytesMut;
         type Out = Bytes;
-        async fn on_open(&mut self, s: &qsocket::session::Session<Bytes>) -> Result<(), qsocket::Error> {
+        async fn on_open(
+            &mut self,
+            s: &qsocket::session::Session<Bytes>,
+        ) -> Result<(), qsocket::Error> {
             self.0.lock().expect("lock").push(s.clone());
             Ok(())
         }
@@ -332,7 +374,9 @@ async fn graceful_shutdown_delivers_queued_writes_first() {
     }
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(10)));
     let mut all = Vec::new();
-    within("read to EOF", raw.read_to_end(&mut all)).await.expect("read");
+    within("read to EOF", raw.read_to_end(&mut all))
+        .await
+        .expect("read");
     let mut got = 0;
     let mut rest = &all[..];
     while rest.len() >= 4 {
@@ -359,16 +403,20 @@ async fn client_reconnects_after_the_server_restarts() {
         .expect("server");
     let addr = server.local_addr(Transport::Tcp).expect("tcp");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || Forward(tx.clone()))
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            max_attempts: None,
-        })
-        .start()
+    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
+        Forward(tx.clone())
+    })
+    .backoff(Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+        max_attempts: None,
+    })
+    .start()
+    .await
+    .expect("client");
+    let first = within("first session", client.session())
         .await
-        .expect("client");
-    let first = within("first session", client.session()).await.expect("live");
+        .expect("live");
     first.send(Bytes::from_static(b"one")).await.expect("send");
     assert_eq!(&within("echo", rx.recv()).await.expect("echo")[..], b"one");
 
@@ -413,16 +461,18 @@ async fn client_gives_up_after_its_attempt_limit() {
         l.local_addr().expect("addr")
     };
     let (tx, _rx) = mpsc::unbounded_channel();
-    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || Forward(tx.clone()))
-        .sessions(3)
-        .backoff(Backoff {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-            max_attempts: Some(3),
-        })
-        .start()
-        .await
-        .expect("client");
+    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
+        Forward(tx.clone())
+    })
+    .sessions(3)
+    .backoff(Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(20),
+        max_attempts: Some(3),
+    })
+    .start()
+    .await
+    .expect("client");
     let r = within("gives up", client.session()).await;
     assert!(matches!(r, Err(qsocket::Error::ClientClosed)), "{r:?}");
 }

@@ -67,7 +67,11 @@ async fn a_thousand_concurrent_tcp_sessions_lose_nothing() {
         done.push(within("session task", t).await.expect("task"));
     }
     let echoed = events.count(|e| matches!(e, Ev::Msg(..)));
-    assert_eq!(echoed, SESSIONS * MESSAGES, "every message reached the server once");
+    assert_eq!(
+        echoed,
+        SESSIONS * MESSAGES,
+        "every message reached the server once"
+    );
     for c in &done {
         c.close(Duration::from_secs(10)).await;
     }

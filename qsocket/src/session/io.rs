@@ -97,6 +97,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for StreamSink<W> {
 }
 
 /// A TCP stream, plain or with TLS: what TLS and WebSocket sessions run over.
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
 pub(crate) enum Stream {
     Plain(TcpStream),
     #[cfg(feature = "tls")]

@@ -87,7 +87,7 @@ impl Server {
         self.endpoints
             .iter()
             .find(|e| e.transport() == transport)
-            .and_then(|e| format!("{}", e.authority()).parse().ok())
+            .and_then(|e| e.authority().parse().ok())
     }
 
     /// The bound endpoint of `transport` (e.g. to hand to a client).

@@ -39,6 +39,8 @@ pub(crate) fn ws_config(cfg: &SessionConfig) -> WebSocketConfig {
 /// The server side of the upgrade: only `path` is accepted; anything else gets 404.
 pub(crate) async fn accept(stream: Stream, path: &str, cfg: &SessionConfig) -> Result<Ws, Error> {
     let path = path.to_string();
+    // The callback's signature is tungstenite's.
+    #[allow(clippy::result_large_err)]
     let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == path {
             Ok(resp)
