@@ -323,3 +323,72 @@ async fn udp_server_keeps_one_session_per_peer_and_expires_idle_ones() {
         .any(|e| matches!(e, Ev::Error(_, m) if m.contains("timed out"))));
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_requires_a_client_certificate() {
+    let (server_cert, server_key) = self_signed();
+    let (client_cert, client_key) = self_signed();
+    let server_tls = qsocket::session::tls::server_config_with_client_auth(
+        server_cert.as_bytes(),
+        server_key.as_bytes(),
+        client_cert.as_bytes(),
+    )
+    .expect("server tls");
+    let events = Events::default();
+    let server = Server::builder(codec(), echo_factory(&events))
+        .bind("tls://127.0.0.1:0")
+        .tls(server_tls)
+        .start()
+        .await
+        .expect("server");
+    let url = format!(
+        "tls://localhost:{}",
+        server.local_addr(Transport::Tls).expect("tls").port()
+    );
+    let quick = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(20),
+        max_attempts: Some(2),
+    };
+
+    // With its certificate: served.
+    let with_id = qsocket::session::tls::client_config_with_identity(
+        server_cert.as_bytes(),
+        client_cert.as_bytes(),
+        client_key.as_bytes(),
+    )
+    .expect("client identity");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let client = Client::builder(&url, codec(), move || Forward(tx.clone()))
+        .tls(with_id)
+        .start()
+        .await
+        .expect("client");
+    let s = within("mtls session", client.session())
+        .await
+        .expect("live");
+    s.send(Bytes::from_static(b"signed")).await.expect("send");
+    assert_eq!(
+        &within("echo", rx.recv()).await.expect("echo")[..],
+        b"signed"
+    );
+    client.close(Duration::from_secs(5)).await;
+
+    // Without one: the handshake fails and no session opens on the server.
+    let opens_before = events.count(|e| matches!(e, Ev::Open(_)));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let anonymous = Client::builder(&url, codec(), move || Forward(tx.clone()))
+        .tls(qsocket::session::tls::client_config(server_cert.as_bytes()).expect("tls"))
+        .backoff(quick)
+        .start()
+        .await
+        .expect("client");
+    // TLS 1.3 clients learn of the refusal on their first read, so the session may open
+    // briefly on the client side; the server never opens one.
+    if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), anonymous.session()).await {
+        within("refused session closes", s.closed()).await;
+    }
+    anonymous.close(Duration::from_secs(5)).await;
+    assert_eq!(events.count(|e| matches!(e, Ev::Open(_))), opens_before);
+    server.shutdown(Duration::from_secs(5)).await;
+}
