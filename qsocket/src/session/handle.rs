@@ -19,6 +19,10 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+pub(crate) fn instant_of(ms: u64) -> Instant {
+    epoch() + Duration::from_millis(ms)
+}
+
 pub(crate) fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -76,8 +80,15 @@ impl Stats {
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn touch(&self) {
-        self.active_ms.store(now_ms(), Ordering::Relaxed);
+    /// Marks activity now; returns the time stored.
+    pub(crate) fn touch(&self) -> u64 {
+        let now = now_ms();
+        self.active_ms.store(now, Ordering::Relaxed);
+        now
+    }
+
+    pub(crate) fn active_ms(&self) -> u64 {
+        self.active_ms.load(Ordering::Relaxed)
     }
 }
 

@@ -3,6 +3,8 @@
 use super::handle::Session;
 use crate::Error;
 use std::future::Future;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
 /// What a session does with its events: the user's code, one instance per session.
 ///
@@ -83,17 +85,46 @@ pub trait EventListener: Send + 'static {
         let _ = session;
         async {}
     }
+
+    /// For protocol layers that keep work of their own in flight (e.g. an RPC server's
+    /// concurrent requests): the handler polls this whenever it waits for events, like a
+    /// future, so that work progresses on the session's own task without a spawn. Return
+    /// `Ready(())` after making progress (whatever was sent through `ctx` is then written),
+    /// `Pending` otherwise, having arranged for `cx` to be woken. Default: no such work.
+    fn poll_work(&mut self, ctx: &mut Ctx<'_, Self::Out>, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = (ctx, cx);
+        Poll::Pending
+    }
+
+    /// Whether the listener takes more messages now. While it returns `false` the handler
+    /// stops handing over messages and, once the queue between them fills, the reader stops
+    /// reading: backpressure down to the peer. Checked again after `poll_work` progresses.
+    fn accepts_messages(&self) -> bool {
+        true
+    }
 }
 
 /// What a listener callback can do with its session while it runs.
 pub struct Ctx<'a, O> {
     session: &'a Session<O>,
     outbox: &'a mut Vec<O>,
+    received: u64,
 }
 
 impl<'a, O> Ctx<'a, O> {
-    pub(crate) fn new(session: &'a Session<O>, outbox: &'a mut Vec<O>) -> Self {
-        Ctx { session, outbox }
+    pub(crate) fn new(session: &'a Session<O>, outbox: &'a mut Vec<O>, received: u64) -> Self {
+        Ctx {
+            session,
+            outbox,
+            received,
+        }
+    }
+
+    /// When the message being handled was read from the network (millisecond precision); in
+    /// other callbacks, when the session last read anything. Deadlines that travel as "time
+    /// remaining" count from here, so time spent queued in this process is not lost.
+    pub fn received_at(&self) -> Instant {
+        super::handle::instant_of(self.received)
     }
 
     /// The session this callback runs for.

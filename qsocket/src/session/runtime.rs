@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 /// What the reader hands the handler.
 pub(crate) enum Inbound<T> {
-    Msg(T),
+    /// A decoded message and when it was read (milliseconds of the session clock).
+    Msg(T, u64),
     Err(Error),
 }
 
@@ -57,6 +58,7 @@ pub(crate) async fn decode_all<D, O>(
     tx: &mpsc::Sender<Inbound<D::Item>>,
     session: &Session<O>,
     eof: bool,
+    read_at: u64,
 ) -> bool
 where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
@@ -73,7 +75,7 @@ where
         match decoded {
             Ok(Some(item)) => {
                 frames += 1;
-                if tx.send(Inbound::Msg(item)).await.is_err() {
+                if tx.send(Inbound::Msg(item, read_at)).await.is_err() {
                     break false;
                 }
             }
@@ -128,20 +130,21 @@ pub(crate) async fn stream_reader<R, D, O>(
             Ok(0) => {
                 // EOF: hand on every frame already read (a last frame is never lost), then
                 // report bytes that do not form a frame.
-                decode_all(&mut codec, &mut buf, &tx, &session, true).await;
+                let at = session.stats_ref().active_ms();
+                decode_all(&mut codec, &mut buf, &tx, &session, true, at).await;
                 return;
             }
             Ok(n) => {
                 let stats = session.stats_ref();
                 stats.add_in(0, n as u64);
-                stats.touch();
+                let at = stats.touch();
                 // Adapt the next read size to the traffic (like netty's adaptive allocator).
                 if before + n == buf.capacity() {
                     want = (want * 2).min(MAX_READ);
                 } else if n < want / 4 {
                     want = (want / 2).max(MIN_READ);
                 }
-                if !decode_all(&mut codec, &mut buf, &tx, &session, false).await {
+                if !decode_all(&mut codec, &mut buf, &tx, &session, false, at).await {
                     return;
                 }
                 if buf.len() > limits.max_frame_len {
@@ -381,6 +384,7 @@ where
         ReaderDone,
         Out(O),
         Tick,
+        Work,
     }
 
     // `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
@@ -394,10 +398,19 @@ where
             if has_timers && sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ev::Tick);
             }
-            match inbound.poll_recv(cx) {
-                Poll::Ready(Some(m)) => return Poll::Ready(Ev::In(m)),
-                Poll::Ready(None) => return Poll::Ready(Ev::ReaderDone),
-                Poll::Pending => {}
+            let at = session.stats_ref().active_ms();
+            if listener
+                .poll_work(&mut Ctx::new(&session, &mut outbox, at), cx)
+                .is_ready()
+            {
+                return Poll::Ready(Ev::Work);
+            }
+            if listener.accepts_messages() {
+                match inbound.poll_recv(cx) {
+                    Poll::Ready(Some(m)) => return Poll::Ready(Ev::In(m)),
+                    Poll::Ready(None) => return Poll::Ready(Ev::ReaderDone),
+                    Poll::Pending => {}
+                }
             }
             if let Poll::Ready(Some(o)) = outbound.poll_recv(cx) {
                 return Poll::Ready(Ev::Out(o));
@@ -413,6 +426,7 @@ where
                 None
             }
             Ev::In(m) => Some(m),
+            Ev::Work => None,
             Ev::Tick => {
                 let now = Instant::now();
                 if Timers::due(&mut timers.check, now) {
@@ -432,7 +446,10 @@ where
                     }
                 }
                 if Timers::due(&mut timers.cron, now) {
-                    listener.on_cron(&mut Ctx::new(&session, &mut outbox)).await;
+                    let at = session.stats_ref().active_ms();
+                    listener
+                        .on_cron(&mut Ctx::new(&session, &mut outbox, at))
+                        .await;
                 }
                 sleep.as_mut().reset(timers.next().unwrap_or(far).into());
                 None
@@ -444,6 +461,7 @@ where
         while handled < BATCH {
             let msg = match first.take() {
                 Some(m) => m,
+                None if !listener.accepts_messages() => break,
                 None => match inbound.try_recv() {
                     Ok(m) => m,
                     Err(_) => break,
@@ -451,9 +469,9 @@ where
             };
             handled += 1;
             match msg {
-                Inbound::Msg(m) => {
+                Inbound::Msg(m, at) => {
                     listener
-                        .on_message(&mut Ctx::new(&session, &mut outbox), m)
+                        .on_message(&mut Ctx::new(&session, &mut outbox, at), m)
                         .await;
                 }
                 Inbound::Err(e) => {

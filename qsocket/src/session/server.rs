@@ -489,12 +489,12 @@ async fn udp_dispatch<L, C, F>(
         };
         let stats = peer.session.stats_ref();
         stats.add_in(0, n as u64);
-        stats.touch();
+        let at = stats.touch();
         let max = shared.udp_cfg.max_frame_len;
         let (frames, dropped, err) = if n > max {
             (0, 0, Some(Error::FrameTooLarge { len: n, max }))
         } else {
-            decode_datagram(&mut peer.codec, BytesMut::from(&scratch[..n]), &peer.tx)
+            decode_datagram(&mut peer.codec, BytesMut::from(&scratch[..n]), &peer.tx, at)
         };
         stats.add_in(frames, 0);
         if dropped > 0 {

@@ -71,6 +71,7 @@ pub(crate) fn decode_datagram<D>(
     codec: &mut D,
     mut buf: BytesMut,
     tx: &mpsc::Sender<Inbound<D::Item>>,
+    read_at: u64,
 ) -> (u64, u64, Option<Error>)
 where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
@@ -82,7 +83,7 @@ where
             Ok(None) => break,
             Err(e) => return (frames, dropped, Some(Error::Decode(e.into()))),
         };
-        match tx.try_send(Inbound::Msg(item)) {
+        match tx.try_send(Inbound::Msg(item, read_at)) {
             Ok(()) => frames += 1,
             Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
             Err(mpsc::error::TrySendError::Closed(_)) => break,
@@ -133,7 +134,7 @@ pub(crate) async fn datagram_reader<D, O>(
         };
         let stats = session.stats_ref();
         stats.add_in(0, n as u64);
-        stats.touch();
+        let at = stats.touch();
         if n > limits.max_frame_len {
             let err = Error::FrameTooLarge {
                 len: n,
@@ -143,7 +144,7 @@ pub(crate) async fn datagram_reader<D, O>(
             return;
         }
         let mut buf = BytesMut::from(&scratch[..n]);
-        if !decode_all(&mut codec, &mut buf, &tx, &session, true).await {
+        if !decode_all(&mut codec, &mut buf, &tx, &session, true, at).await {
             return;
         }
     }

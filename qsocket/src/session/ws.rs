@@ -145,9 +145,9 @@ pub(crate) async fn ws_reader<D, O>(
         };
         let stats = session.stats_ref();
         stats.add_in(0, data.len() as u64);
-        stats.touch();
+        let at = stats.touch();
         let mut buf = BytesMut::from(data);
-        if !decode_all(&mut codec, &mut buf, &tx, &session, true).await {
+        if !decode_all(&mut codec, &mut buf, &tx, &session, true, at).await {
             return;
         }
     }
