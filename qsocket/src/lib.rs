@@ -7,7 +7,11 @@
 //!   [`EventListener`](session::EventListener) with open / message / cron / error / close events,
 //!   pluggable framing through `tokio_util::codec`, heartbeats and idle timeouts, a
 //!   [`Server`](session::Server) and a reconnecting [`Client`](session::Client).
-//! * `rpc` and `micro` build on it (see the README's roadmap).
+//! * [`rpc`] — calls over the same transports: one frame format (`PROTOCOL.md`), protobuf and
+//!   JSON bodies, a multiplexed [`RpcClient`](rpc::RpcClient) with deadlines and cancellation,
+//!   an [`RpcServer`](rpc::RpcServer) that runs requests concurrently, typed
+//!   [`Status`](rpc::Status) codes.
+//! * `micro` (service discovery) builds on both (see the README's roadmap).
 //!
 //! ```no_run
 //! use bytes::{Bytes, BytesMut};
@@ -25,7 +29,7 @@
 //! }
 //!
 //! # async fn run() -> Result<(), qsocket::Error> {
-//! let server = Server::builder(LengthDelimitedCodec::new(), |_session: &_| Echo)
+//! let server = Server::builder(LengthDelimitedCodec::new(), || Echo)
 //!     .bind("tcp://127.0.0.1:0")
 //!     .start()
 //!     .await?;
@@ -34,6 +38,7 @@
 //! ```
 
 pub mod error;
+pub mod rpc;
 pub mod session;
 
 pub use error::Error;

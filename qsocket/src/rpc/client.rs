@@ -1,0 +1,694 @@
+//! The RPC client: many calls in flight per session, matched by request id in a per-session
+//! pending table (slab index + generation, no hashing); per-call deadlines sent to the server
+//! as time remaining; dropping a call cancels it; a session that dies fails its calls at once.
+
+use super::codec::{Codec, Message};
+use super::context::current_deadline;
+use super::frame::{encode_frame, kind, put_metadata, EncodeError, Frame, FrameCodec, Header, Limits, HEADER_LEN};
+use super::status::{Code, Sent, Status};
+use crate::session::{Client, Ctx, Endpoint, EventListener, Session, SessionConfig, Transport};
+use crate::session::MAX_DATAGRAM;
+use crate::Error;
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// A source of endpoints for a client: a fixed list now, a registry-backed list later.
+pub trait Endpoints: Send + Sync + 'static {
+    /// The endpoints to use now.
+    fn current(&self) -> Vec<Endpoint>;
+    /// Resolves when [`current`](Self::current) may have changed.
+    fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// A fixed list of endpoints.
+#[derive(Debug, Clone)]
+pub struct StaticEndpoints(pub Vec<Endpoint>);
+
+impl Endpoints for StaticEndpoints {
+    fn current(&self) -> Vec<Endpoint> {
+        self.0.clone()
+    }
+
+    fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Frame, Status>>;
+
+/// The calls waiting for a response on one session.
+pub(crate) struct Pending {
+    inner: Mutex<Table>,
+    /// Set by a GOAWAY: no new calls on this session.
+    draining: AtomicBool,
+    /// UDP: caps the calls in flight (the rest wait for a permit).
+    permits: Option<Arc<Semaphore>>,
+}
+
+struct Table {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    len: usize,
+    closed: bool,
+}
+
+struct Slot {
+    generation: u32,
+    waiter: Option<Waiter>,
+}
+
+impl Pending {
+    fn new(permits: Option<usize>) -> Self {
+        Pending {
+            inner: Mutex::new(Table {
+                slots: Vec::new(),
+                free: Vec::new(),
+                len: 0,
+                closed: false,
+            }),
+            draining: AtomicBool::new(false),
+            permits: permits.map(|n| Arc::new(Semaphore::new(n))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a call; its id is `generation << 32 | slot`.
+    fn insert(&self, waiter: Waiter) -> Option<u64> {
+        let mut t = self.lock();
+        if t.closed {
+            return None;
+        }
+        let index = match t.free.pop() {
+            Some(i) => i,
+            None => {
+                t.slots.push(Slot {
+                    generation: 0,
+                    waiter: None,
+                });
+                (t.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut t.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.waiter = Some(waiter);
+        let id = (u64::from(slot.generation) << 32) | u64::from(index);
+        t.len += 1;
+        Some(id)
+    }
+
+    /// Takes the waiter of `id`, if it is still pending.
+    fn take(&self, id: u64) -> Option<Waiter> {
+        let (generation, index) = ((id >> 32) as u32, id as u32 as usize);
+        let mut t = self.lock();
+        let slot = t.slots.get_mut(index)?;
+        if slot.generation != generation {
+            return None;
+        }
+        let w = slot.waiter.take()?;
+        t.free.push(index as u32);
+        t.len -= 1;
+        Some(w)
+    }
+
+    /// Fails every pending call and refuses new ones.
+    fn close(&self, status: &Status) {
+        let waiters: Vec<Waiter> = {
+            let mut t = self.lock();
+            t.closed = true;
+            t.len = 0;
+            t.free.clear();
+            t.slots.drain(..).filter_map(|s| s.waiter).collect()
+        };
+        for w in waiters {
+            let _ = w.send(Err(status.clone()));
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len
+    }
+}
+
+/// A live connection as the call path sees it.
+#[derive(Clone)]
+struct Conn {
+    session: Session<Bytes>,
+    pending: Arc<Pending>,
+}
+
+/// Connections of a client, shared with the listeners that add and remove them.
+struct Pool {
+    live: Mutex<Vec<Conn>>,
+    changed: Notify,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Vec<Conn>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pick(&self) -> Option<Conn> {
+        let live = self.lock();
+        let n = live.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &live[(start + k) % n])
+            .find(|c| !c.session.is_closed() && !c.pending.draining.load(Ordering::Relaxed))
+            .cloned()
+    }
+}
+
+/// The session listener of an RPC client connection.
+struct RpcClientListener {
+    pool: Arc<Pool>,
+    pending: Arc<Pending>,
+    heartbeat: Duration,
+}
+
+impl EventListener for RpcClientListener {
+    type In = Frame;
+    type Out = Bytes;
+
+    async fn on_open(&mut self, session: &Session<Bytes>) -> Result<(), Error> {
+        self.pool.lock().push(Conn {
+            session: session.clone(),
+            pending: self.pending.clone(),
+        });
+        self.pool.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
+        match frame.kind {
+            kind::RESPONSE => {
+                if let Some(w) = self.pending.take(frame.id) {
+                    let _ = w.send(Ok(frame));
+                }
+            }
+            kind::HEARTBEAT if frame.flags & super::frame::FLAG_REPLY == 0 => {
+                ctx.send(control_frame(kind::HEARTBEAT, super::frame::FLAG_REPLY, frame.id));
+            }
+            kind::GOAWAY => {
+                tracing::debug!(session = ctx.session().id(), "server sent goaway");
+                self.pending.draining.store(true, Ordering::Relaxed);
+                if self.pending.len() == 0 {
+                    ctx.close();
+                }
+            }
+            _ => {}
+        }
+        if self.pending.draining.load(Ordering::Relaxed) && self.pending.len() == 0 {
+            ctx.close();
+        }
+    }
+
+    async fn on_cron(&mut self, ctx: &mut Ctx<'_, Bytes>) {
+        if ctx.session().idle_for() >= self.heartbeat {
+            ctx.send(control_frame(kind::HEARTBEAT, 0, 0));
+        }
+    }
+
+    async fn on_close(&mut self, session: &Session<Bytes>) {
+        self.pool.lock().retain(|c| c.session.id() != session.id());
+        self.pending
+            .close(&Status::unavailable("connection closed").with_sent(Sent::Maybe));
+        self.pool.changed.notify_waiters();
+    }
+}
+
+fn control_frame(kind: u8, flags: u8, id: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN);
+    let h = Header {
+        kind,
+        flags,
+        id,
+        ..Header::default()
+    };
+    let _ = encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(()));
+    buf.freeze()
+}
+
+/// Settings of an RPC client.
+#[derive(Debug, Clone)]
+pub struct RpcClientConfig {
+    /// Body codec of calls that do not choose one. Default protobuf.
+    pub codec: Codec,
+    /// Deadline of calls that set none (and are not made inside a handler). Default 30 s.
+    pub timeout: Duration,
+    /// Sessions per endpoint. Default 1.
+    pub sessions_per_endpoint: usize,
+    /// A session with no traffic for this long sends a heartbeat; one silent for three times
+    /// as long is closed and replaced. Default 10 s.
+    pub heartbeat: Duration,
+    /// Calls in flight per UDP session; the rest wait. Default 64.
+    pub udp_max_in_flight: usize,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Session settings (its cron period and timeout are set from `heartbeat`).
+    pub session: SessionConfig,
+}
+
+impl Default for RpcClientConfig {
+    fn default() -> Self {
+        RpcClientConfig {
+            codec: Codec::Protobuf,
+            timeout: Duration::from_secs(30),
+            sessions_per_endpoint: 1,
+            heartbeat: Duration::from_secs(10),
+            udp_max_in_flight: 64,
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// An RPC client over a set of endpoints. Cheap to clone.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Arc<Pool>,
+    cfg: RpcClientConfig,
+    clients: Mutex<Vec<(Endpoint, Client<Bytes>)>>,
+    closed: AtomicBool,
+}
+
+/// Builder of an [`RpcClient`].
+pub struct RpcClientBuilder {
+    endpoints: Vec<Result<Endpoint, Error>>,
+    source: Option<Arc<dyn Endpoints>>,
+    cfg: RpcClientConfig,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl RpcClient {
+    /// Starts building a client.
+    pub fn builder() -> RpcClientBuilder {
+        RpcClientBuilder {
+            endpoints: Vec::new(),
+            source: None,
+            cfg: RpcClientConfig::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// A client of one endpoint URL with the default settings.
+    pub async fn connect(url: &str) -> Result<RpcClient, Error> {
+        RpcClient::builder().endpoint(url).start().await
+    }
+
+    /// A unary call with the client's default codec and timeout.
+    pub async fn call<Req: Message, Resp: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        self.request(service, method).call(req).await
+    }
+
+    /// A call with options: `client.request(svc, m).timeout(d).codec(Codec::Json).call(&req)`.
+    pub fn request<'a>(&'a self, service: &'a str, method: &'a str) -> Call<'a> {
+        Call {
+            client: self,
+            service,
+            method,
+            deadline: None,
+            codec: self.inner.cfg.codec,
+            metadata: Vec::new(),
+            metadata_error: None,
+        }
+    }
+
+    /// Calls in flight on all sessions.
+    pub fn in_flight(&self) -> usize {
+        self.inner.pool.lock().iter().map(|c| c.pending.len()).sum()
+    }
+
+    /// Closes every session (calls pending on them fail) and stops reconnecting.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
+        let clients: Vec<_> = std::mem::take(&mut *self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, c) in clients {
+            c.close(Duration::from_secs(5)).await;
+        }
+        self.inner.pool.changed.notify_waiters();
+    }
+
+    /// A live connection, waiting for one until `deadline`.
+    async fn conn(&self, deadline: Instant) -> Result<Conn, Status> {
+        let pool = &self.inner.pool;
+        loop {
+            let changed = pool.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(c) = pool.pick() {
+                return Ok(c);
+            }
+            if self.inner.closed.load(Ordering::Relaxed) {
+                return Err(Status::unavailable("client closed"));
+            }
+            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
+                return Err(Status::unavailable("no connection to any endpoint before the deadline"));
+            }
+        }
+    }
+}
+
+impl RpcClientBuilder {
+    /// Adds an endpoint URL (`tcp://`, `udp://`, `ws://…/path`, `tls://`, `wss://`).
+    pub fn endpoint(mut self, url: &str) -> Self {
+        self.endpoints.push(Endpoint::parse(url));
+        self
+    }
+
+    /// Takes endpoints from a source (e.g. a registry) instead of a fixed list.
+    pub fn endpoints(mut self, source: impl Endpoints) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, cfg: RpcClientConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Default body codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.cfg.codec = codec;
+        self
+    }
+
+    /// Default call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.timeout = timeout;
+        self
+    }
+
+    /// Sessions per endpoint.
+    pub fn sessions_per_endpoint(mut self, n: usize) -> Self {
+        self.cfg.sessions_per_endpoint = n;
+        self
+    }
+
+    /// Heartbeat interval of idle sessions.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.cfg.heartbeat = every;
+        self
+    }
+
+    /// TLS for `tls://` and `wss://` endpoints.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Starts connecting to every endpoint (in the background: calls wait for a connection up
+    /// to their deadline).
+    pub async fn start(self) -> Result<RpcClient, Error> {
+        let fixed = self.endpoints.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let source: Arc<dyn Endpoints> = match self.source {
+            Some(s) => s,
+            None if fixed.is_empty() => {
+                return Err(Error::Config("an rpc client needs at least one endpoint".into()))
+            }
+            None => Arc::new(StaticEndpoints(fixed)),
+        };
+        if self.cfg.heartbeat.is_zero() || self.cfg.udp_max_in_flight == 0 {
+            return Err(Error::Config("heartbeat and udp_max_in_flight must be non-zero".into()));
+        }
+        let inner = Arc::new(Inner {
+            pool: Arc::new(Pool {
+                live: Mutex::new(Vec::new()),
+                changed: Notify::new(),
+                next: AtomicUsize::new(0),
+            }),
+            cfg: self.cfg,
+            clients: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        let client = RpcClient { inner };
+        #[cfg(feature = "tls")]
+        let tls = self.tls;
+        #[cfg(not(feature = "tls"))]
+        let tls = None::<()>;
+        sync_endpoints(&client, &source.current(), &tls).await?;
+        // Follow the source: connect to new endpoints, close removed ones.
+        let weak = Arc::downgrade(&client.inner);
+        tokio::spawn(async move {
+            loop {
+                source.changed().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let client = RpcClient { inner };
+                if client.inner.closed.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = sync_endpoints(&client, &source.current(), &tls).await {
+                    tracing::warn!(error = %e, "rpc client: cannot use new endpoints");
+                }
+            }
+        });
+        Ok(client)
+    }
+}
+
+#[cfg(feature = "tls")]
+type TlsOpt = Option<Arc<rustls::ClientConfig>>;
+#[cfg(not(feature = "tls"))]
+type TlsOpt = Option<()>;
+
+/// Makes the client's sessions match `wanted`.
+async fn sync_endpoints(client: &RpcClient, wanted: &[Endpoint], tls: &TlsOpt) -> Result<(), Error> {
+    let inner = &client.inner;
+    let (removed, missing) = {
+        let mut clients = inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let (keep, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut *clients)
+            .into_iter()
+            .partition(|(e, _)| wanted.contains(e));
+        *clients = keep;
+        let missing: Vec<Endpoint> = wanted
+            .iter()
+            .filter(|w| !clients.iter().any(|(e, _)| e == *w))
+            .cloned()
+            .collect();
+        (removed, missing)
+    };
+    for (_, c) in removed {
+        c.close(Duration::from_secs(5)).await;
+    }
+    let cfg = &inner.cfg;
+    for ep in missing {
+        let udp = ep.transport() == Transport::Udp;
+        let pool = inner.pool.clone();
+        let (heartbeat, udp_cap) = (cfg.heartbeat, cfg.udp_max_in_flight);
+        let factory = move || RpcClientListener {
+            pool: pool.clone(),
+            pending: Arc::new(Pending::new(udp.then_some(udp_cap))),
+            heartbeat,
+        };
+        let mut session_cfg = cfg.session.clone();
+        session_cfg.cron_period = Some(cfg.heartbeat);
+        session_cfg.session_timeout = Some(cfg.heartbeat.saturating_mul(3));
+        session_cfg.max_frame_len = session_cfg.max_frame_len.max(cfg.limits.max_frame());
+        let b = Client::builder(&ep.to_string(), FrameCodec::new(cfg.limits), factory)
+            .sessions(cfg.sessions_per_endpoint)
+            .config(session_cfg);
+        #[cfg(feature = "tls")]
+        let b = match tls {
+            Some(t) => b.tls(t.clone()),
+            None => b,
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
+        let c = b.start().await?;
+        inner
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((ep, c));
+    }
+    Ok(())
+}
+
+/// One call being prepared (see [`RpcClient::request`]).
+pub struct Call<'a> {
+    client: &'a RpcClient,
+    service: &'a str,
+    method: &'a str,
+    deadline: Option<Instant>,
+    codec: Codec,
+    metadata: Vec<u8>,
+    metadata_error: Option<Status>,
+}
+
+/// Removes a call from its pending table if it ends without a response (dropped, timed out)
+/// and tells the server, which may then stop working on it.
+struct CallGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.conn.pending.take(self.id).is_some() {
+            let _ = self.conn.session.try_send(control_frame(kind::CANCEL, 0, self.id));
+        }
+    }
+}
+
+impl Call<'_> {
+    /// Bounds the call by `timeout` from now.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(Instant::now() + timeout);
+        self
+    }
+
+    /// Bounds the call by an absolute deadline.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The body codec of this call.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Adds a metadata entry (e.g. a trace id).
+    pub fn metadata(mut self, key: &str, value: impl AsRef<[u8]>) -> Self {
+        if let Err(e) = put_metadata(&mut self.metadata, key, value.as_ref()) {
+            self.metadata_error = Some(Status::invalid_argument(e.to_string()));
+        }
+        self
+    }
+
+    fn effective_deadline(&self) -> Instant {
+        let own = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.client.inner.cfg.timeout);
+        match current_deadline() {
+            Some(inherited) if inherited < own => inherited,
+            _ => own,
+        }
+    }
+
+    /// Sends the request and waits for the response.
+    pub async fn call<Req: Message, Resp: Message>(self, req: &Req) -> Result<Resp, Status> {
+        let frame = self.send(req, false).await?;
+        let frame = frame.ok_or_else(|| Status::internal("no response"))?;
+        let yes = |st: Status| st.with_sent(Sent::Yes);
+        if frame.status != 0 {
+            let msg = String::from_utf8_lossy(&frame.body()).into_owned();
+            return Err(yes(Status::new(Code::from_u16(frame.status), msg)));
+        }
+        let codec = Codec::from_id(frame.codec)
+            .ok_or_else(|| yes(Status::internal(format!("response in unknown codec {}", frame.codec))))?;
+        Resp::decode_body(codec, frame.body()).map_err(|e| yes(Status::internal(format!("response: {}", e.message()))))
+    }
+
+    /// Sends the request without waiting for any response (a oneway call). Returns once the
+    /// request is queued on a connection.
+    pub async fn oneway<Req: Message>(self, req: &Req) -> Result<(), Status> {
+        self.send(req, true).await.map(|_| ())
+    }
+
+    async fn send<Req: Message>(self, req: &Req, oneway: bool) -> Result<Option<Frame>, Status> {
+        if let Some(e) = self.metadata_error {
+            return Err(e);
+        }
+        let deadline = self.effective_deadline();
+        let cfg = &self.client.inner.cfg;
+        let conn = self.client.conn(deadline).await?;
+        let udp = conn.session.transport() == Transport::Udp;
+        let _permit: Option<OwnedSemaphorePermit> = match &conn.pending.permits {
+            Some(sem) => match tokio::time::timeout_at(deadline.into(), sem.clone().acquire_owned()).await {
+                Ok(Ok(p)) => Some(p),
+                Ok(Err(_)) => return Err(Status::unavailable("connection closed")),
+                Err(_) => return Err(Status::deadline_exceeded("deadline passed waiting for a udp call slot")),
+            },
+            None => None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let (id, guard) = if oneway {
+            (0, None)
+        } else {
+            let id = conn
+                .pending
+                .insert(tx)
+                .ok_or_else(|| Status::unavailable("connection closed"))?;
+            (id, Some(CallGuard { conn: &conn, id, armed: true }))
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Status::deadline_exceeded("deadline passed before the request was sent"));
+        }
+        // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
+        let timeout_ms = u32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
+        let h = Header {
+            kind: if oneway { kind::ONEWAY } else { kind::REQUEST },
+            codec: self.codec.id(),
+            id,
+            timeout_ms,
+            service: self.service,
+            method: self.method,
+            metadata: &self.metadata,
+            ..Header::default()
+        };
+        let mut buf = BytesMut::with_capacity(
+            HEADER_LEN + self.service.len() + self.method.len() + self.metadata.len() + req.size_hint(self.codec),
+        );
+        encode_frame(&mut buf, &h, &cfg.limits, |b| req.encode_body(self.codec, b)).map_err(|e| match e {
+            EncodeError::Body(st) => st,
+            EncodeError::Frame(e) => Status::invalid_argument(format!("request: {e}")),
+        })?;
+        if udp && buf.len() > MAX_DATAGRAM {
+            return Err(Status::resource_exhausted(format!(
+                "request of {} bytes does not fit in a UDP datagram ({} max)",
+                buf.len(),
+                MAX_DATAGRAM
+            )));
+        }
+        match tokio::time::timeout_at(deadline.into(), conn.session.send(buf.freeze())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Status::unavailable("connection closed before the request was sent")),
+            Err(_) => return Err(Status::deadline_exceeded("deadline passed before the request was sent")),
+        }
+        let Some(mut guard) = guard else {
+            return Ok(None);
+        };
+        let maybe = |st: Status| st.with_sent(Sent::Maybe);
+        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(r)) => {
+                guard.armed = false;
+                r.map(Some)
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(maybe(Status::unavailable("connection closed")))
+            }
+            Err(_) => Err(maybe(Status::deadline_exceeded(format!(
+                "no response within the deadline ({} ms)",
+                timeout_ms
+            )))),
+        };
+        drop(guard);
+        result
+    }
+}

@@ -1,0 +1,33 @@
+//! RPC over the session runtime: one frame format for TCP, UDP and WebSocket (see
+//! `PROTOCOL.md`), protobuf and JSON bodies, a multiplexed client with deadlines and
+//! cancellation, and a server that runs every request concurrently on its session's task.
+//!
+//! ```no_run
+//! use qsocket::rpc::{CallContext, RpcClient, RpcServer, Router, Service, Status};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let router = Router::new().add(
+//!     Service::new("greeter.Greeter").unary("Hello", |name: String, _ctx: CallContext| async move {
+//!         Ok::<_, Status>(format!("hello, {name}"))
+//!     }),
+//! );
+//! let server = RpcServer::builder(router).bind("tcp://127.0.0.1:0").start().await?;
+//! let url = server.local_endpoints()[0].to_string();
+//!
+//! let client = RpcClient::connect(&url).await?;
+//! let reply: String = client.call("greeter.Greeter", "Hello", &"qsocket".to_string()).await?;
+//! assert_eq!(reply, "hello, qsocket");
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod codec;
+mod context;
+pub mod frame;
+mod server;
+mod status;
+
+pub use client::{Call, Endpoints, RpcClient, RpcClientBuilder, RpcClientConfig, StaticEndpoints};
+pub use codec::{Codec, Message};
+pub use context::{current_deadline, CallContext};
+pub use server::{Router, RpcServer, RpcServerBuilder, RpcServerConfig, Service};
+pub use status::{Code, Sent, Status};

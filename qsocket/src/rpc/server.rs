@@ -1,0 +1,530 @@
+//! The RPC server: a registry of services by name, dispatch of "service + method" to typed
+//! handlers, and a session listener that runs every request concurrently on the session's own
+//! task (polled once in place; only if it is still pending is it parked in the session's set of
+//! requests in flight), under a per-session in-flight limit.
+
+use super::codec::{Codec, Message};
+use super::context::{with_deadline, CallContext};
+use super::frame::{
+    encode_frame, kind, EncodeError, Frame, FrameCodec, Header, Limits, FLAG_REPLY, HEADER_LEN,
+};
+use super::status::Status;
+use crate::session::{Ctx, EventListener, Server, ServerBuilder, Session, SessionConfig, Transport};
+use crate::session::MAX_DATAGRAM;
+use crate::Error;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::{AbortHandle, Abortable};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a typed handler becomes once its types are erased: decode the body, run, and encode
+/// the response straight into its frame.
+trait Handler: Send + Sync {
+    fn call(&self, req: RequestHead, body: Bytes, ctx: CallContext) -> Result<BoxFuture<Reply>, Status>;
+}
+
+/// What the response frame needs from the request.
+#[derive(Clone, Copy)]
+struct RequestHead {
+    id: u64,
+    codec: Codec,
+    limits: Limits,
+}
+
+/// A finished call: the whole response frame, or an error status.
+type Reply = Result<Bytes, Status>;
+
+struct Unary<F, Req, Resp> {
+    f: F,
+    _types: std::marker::PhantomData<fn(Req) -> Resp>,
+}
+
+impl<F, Fut, Req, Resp> Handler for Unary<F, Req, Resp>
+where
+    F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    Req: Message,
+    Resp: Message,
+{
+    fn call(&self, req: RequestHead, body: Bytes, ctx: CallContext) -> Result<BoxFuture<Reply>, Status> {
+        let msg = Req::decode_body(req.codec, body)?;
+        let fut = (self.f)(msg, ctx);
+        Ok(Box::pin(async move {
+            let resp = fut.await?;
+            let mut buf = BytesMut::with_capacity(HEADER_LEN + resp.size_hint(req.codec));
+            let h = Header {
+                kind: kind::RESPONSE,
+                codec: req.codec.id(),
+                id: req.id,
+                ..Header::default()
+            };
+            match encode_frame(&mut buf, &h, &req.limits, |b| resp.encode_body(req.codec, b)) {
+                Ok(()) => Ok(buf.freeze()),
+                Err(EncodeError::Body(st)) => Err(st),
+                Err(EncodeError::Frame(e)) => Err(Status::resource_exhausted(format!("response: {e}"))),
+            }
+        }))
+    }
+}
+
+/// One service: a name and its methods.
+pub struct Service {
+    name: String,
+    methods: HashMap<Box<[u8]>, Arc<dyn Handler>>,
+}
+
+impl Service {
+    /// A service named `name` (e.g. `"greeter.Greeter"`), without methods yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Service {
+            name: name.into(),
+            methods: HashMap::new(),
+        }
+    }
+
+    /// Adds a unary method: `handler(request, context)` returns the response or a status.
+    ///
+    /// ```
+    /// use qsocket::rpc::{CallContext, Service, Status};
+    /// let svc = Service::new("math.Math").unary("Double", |x: i64, _ctx: CallContext| async move {
+    ///     x.checked_mul(2).ok_or_else(|| Status::out_of_range("overflow"))
+    /// });
+    /// ```
+    pub fn unary<Req, Resp, F, Fut>(mut self, method: &str, handler: F) -> Self
+    where
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+        Req: Message,
+        Resp: Message,
+    {
+        let h: Arc<dyn Handler> = Arc::new(Unary {
+            f: handler,
+            _types: std::marker::PhantomData,
+        });
+        self.methods.insert(method.as_bytes().into(), h);
+        self
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The services a server offers, by name.
+#[derive(Default)]
+pub struct Router {
+    services: HashMap<Box<[u8]>, Service>,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    /// Adds (or replaces) a service.
+    pub fn add(mut self, service: Service) -> Self {
+        self.services.insert(service.name.as_bytes().into(), service);
+        self
+    }
+
+    fn find(&self, service: &[u8], method: &[u8]) -> Result<&Arc<dyn Handler>, Status> {
+        let svc = self.services.get(service).ok_or_else(|| {
+            Status::unimplemented(format!("unknown service {:?}", String::from_utf8_lossy(service)))
+        })?;
+        svc.methods.get(method).ok_or_else(|| {
+            Status::unimplemented(format!(
+                "unknown method {:?} of service {:?}",
+                String::from_utf8_lossy(method),
+                svc.name
+            ))
+        })
+    }
+}
+
+/// Settings of an RPC server.
+#[derive(Debug, Clone)]
+pub struct RpcServerConfig {
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Requests in flight per session; beyond it the session stops reading (backpressure).
+    /// UDP sessions use at most [`RpcServerConfig::udp_max_in_flight`]. Default 1024.
+    pub max_in_flight: usize,
+    /// In-flight limit of UDP sessions. Default 64.
+    pub udp_max_in_flight: usize,
+    /// Session settings (timeouts, queues…). The default closes sessions idle for 2 minutes
+    /// (clients send heartbeats when otherwise idle).
+    pub session: SessionConfig,
+}
+
+impl Default for RpcServerConfig {
+    fn default() -> Self {
+        let limits = Limits::default();
+        RpcServerConfig {
+            limits,
+            max_in_flight: 1024,
+            udp_max_in_flight: 64,
+            session: SessionConfig {
+                session_timeout: Some(Duration::from_secs(120)),
+                max_frame_len: limits.max_frame(),
+                ..SessionConfig::default()
+            },
+        }
+    }
+}
+
+/// Builds an RPC server: `RpcServer::builder(router).bind(url)….start().await`.
+pub struct RpcServer;
+
+impl RpcServer {
+    /// Starts building a server for the services of `router`.
+    pub fn builder(router: Router) -> RpcServerBuilder {
+        RpcServerBuilder {
+            router,
+            cfg: RpcServerConfig::default(),
+            binds: Vec::new(),
+            max_sessions: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+}
+
+/// Builder of an RPC server (see [`RpcServer::builder`]).
+pub struct RpcServerBuilder {
+    router: Router,
+    cfg: RpcServerConfig,
+    binds: Vec<String>,
+    max_sessions: Option<usize>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl RpcServerBuilder {
+    /// Adds an address: `tcp://`, `udp://`, `ws://host:port/path` (and `tls://`, `wss://`).
+    pub fn bind(mut self, url: &str) -> Self {
+        self.binds.push(url.to_string());
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, cfg: RpcServerConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Requests in flight per session.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.cfg.max_in_flight = n;
+        self
+    }
+
+    /// The most sessions at once.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = Some(n);
+        self
+    }
+
+    /// TLS for `tls://` and `wss://` addresses.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Binds and starts serving. The returned [`Server`] gives the bound endpoints and shuts
+    /// down gracefully.
+    pub async fn start(self) -> Result<Server, Error> {
+        if self.cfg.max_in_flight == 0 || self.cfg.udp_max_in_flight == 0 {
+            return Err(Error::Config("in-flight limits must be at least 1".into()));
+        }
+        let mut session_cfg = self.cfg.session.clone();
+        session_cfg.max_frame_len = session_cfg.max_frame_len.max(self.cfg.limits.max_frame());
+        let shared = Arc::new(Shared {
+            router: self.router,
+            cfg: self.cfg,
+        });
+        let codec = FrameCodec::new(shared.cfg.limits);
+        let factory = move || RpcServerListener::new(shared.clone());
+        let mut b: ServerBuilder<_, _, _> = Server::builder(codec, factory).config(session_cfg);
+        for url in &self.binds {
+            b = b.bind(url);
+        }
+        if let Some(n) = self.max_sessions {
+            b = b.max_sessions(n);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(t) = self.tls {
+            b = b.tls(t);
+        }
+        b.start().await
+    }
+}
+
+struct Shared {
+    router: Router,
+    cfg: RpcServerConfig,
+}
+
+/// A request parked because it did not finish when first polled.
+struct InFlight {
+    id: u64,
+    codec: u8,
+    oneway: bool,
+    deadline: Option<Instant>,
+    fut: BoxFuture<Reply>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for InFlight {
+    /// The request id and, unless oneway, the response frame.
+    type Output = (u64, Option<Bytes>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(t) = this.timer.as_mut() {
+            if t.as_mut().poll(cx).is_ready() {
+                let st = Status::deadline_exceeded("deadline exceeded while the handler ran");
+                return Poll::Ready((this.id, this.respond(Err(st))));
+            }
+        }
+        let (deadline, fut) = (this.deadline, &mut this.fut);
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            with_deadline(deadline, || fut.as_mut().poll(cx))
+        }));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(reply)) => Poll::Ready((this.id, this.respond(reply))),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".into());
+                tracing::error!(request = this.id, panic = %what, "rpc handler panicked");
+                let st = Status::internal(format!("handler panicked: {what}"));
+                Poll::Ready((this.id, this.respond(Err(st))))
+            }
+        }
+    }
+}
+
+impl InFlight {
+    fn respond(&self, reply: Reply) -> Option<Bytes> {
+        (!self.oneway).then(|| response_frame(self.id, self.codec, reply))
+    }
+}
+
+/// The response frame of a finished call (an error frame for an error status).
+fn response_frame(id: u64, codec: u8, reply: Reply) -> Bytes {
+    match reply {
+        Ok(frame) => frame,
+        Err(st) => error_frame(id, codec, &st),
+    }
+}
+
+/// A response frame carrying an error status; the body is the UTF-8 message.
+fn error_frame(id: u64, codec: u8, st: &Status) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut h = Header {
+        kind: kind::RESPONSE,
+        codec,
+        id,
+        ..Header::default()
+    };
+    error_frame_into(&mut buf, &mut h, st);
+    buf.freeze()
+}
+
+fn error_frame_into(buf: &mut BytesMut, h: &mut Header<'_>, st: &Status) {
+    h.status = st.code() as u16;
+    let msg = st.message().as_bytes();
+    let msg = &msg[..msg.len().min(16 * 1024)];
+    let limits = Limits::default();
+    let r = encode_frame(buf, h, &limits, |b| {
+        b.extend_from_slice(msg);
+        Ok::<_, ()>(())
+    });
+    debug_assert!(r.is_ok());
+}
+
+/// The session listener of an RPC server.
+struct RpcServerListener {
+    shared: Arc<Shared>,
+    in_flight: FuturesUnordered<Abortable<InFlight>>,
+    aborts: HashMap<u64, AbortHandle>,
+    limit: usize,
+}
+
+impl RpcServerListener {
+    fn new(shared: Arc<Shared>) -> Self {
+        let limit = shared.cfg.max_in_flight;
+        RpcServerListener {
+            shared,
+            in_flight: FuturesUnordered::new(),
+            aborts: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// Starts a request: dispatch, poll once in place, park it if still pending.
+    async fn start(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
+        let oneway = frame.kind == kind::ONEWAY;
+        let (id, codec_id) = (frame.id, frame.codec);
+        let received = ctx.received_at();
+        let deadline = (frame.timeout_ms > 0)
+            .then(|| received + Duration::from_millis(u64::from(frame.timeout_ms)));
+        let fail = |st: Status| (!oneway).then_some(st);
+        let started = match Codec::from_id(codec_id) {
+            None => Err(fail(Status::unimplemented(format!("unknown codec id {codec_id}")))),
+            Some(_) if deadline.is_some_and(|d| d <= Instant::now()) => Err(fail(
+                Status::deadline_exceeded("deadline passed before the request was dispatched"),
+            )),
+            Some(codec) => self
+                .shared
+                .router
+                .find(frame.service(), frame.method())
+                .and_then(|h| {
+                    let session = ctx.session();
+                    let call = CallContext {
+                        deadline,
+                        metadata: frame.metadata_bytes(),
+                        peer: session.peer_addr(),
+                        session_id: session.id(),
+                        request_id: id,
+                    };
+                    let head = RequestHead {
+                        id,
+                        codec,
+                        limits: self.shared.cfg.limits,
+                    };
+                    h.call(head, frame.body(), call)
+                })
+                .map_err(fail),
+        };
+        let fut = match started {
+            Ok(fut) => fut,
+            Err(Some(st)) => {
+                ctx.send(error_frame(id, codec_id, &st));
+                return;
+            }
+            Err(None) => return,
+        };
+        let mut call = InFlight {
+            id,
+            codec: codec_id,
+            oneway,
+            deadline,
+            fut,
+            timer: None,
+        };
+        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
+        match first {
+            Poll::Ready((_, reply)) => {
+                if let Some(mut frame) = reply {
+                    if ctx.session().transport() == Transport::Udp && frame.len() > MAX_DATAGRAM {
+                        let st = Status::resource_exhausted(format!(
+                            "response of {} bytes does not fit in a UDP datagram",
+                            frame.len()
+                        ));
+                        frame = error_frame(id, codec_id, &st);
+                    }
+                    ctx.send(frame);
+                }
+            }
+            Poll::Pending => {
+                call.timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into())));
+                let (handle, reg) = AbortHandle::new_pair();
+                self.aborts.insert(id, handle);
+                self.in_flight.push(Abortable::new(call, reg));
+            }
+        }
+    }
+}
+
+impl EventListener for RpcServerListener {
+    type In = Frame;
+    type Out = Bytes;
+
+    async fn on_open(&mut self, session: &Session<Bytes>) -> Result<(), Error> {
+        if session.transport() == Transport::Udp {
+            self.limit = self.shared.cfg.udp_max_in_flight.min(self.limit);
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
+        match frame.kind {
+            kind::REQUEST | kind::ONEWAY => self.start(ctx, frame).await,
+            kind::HEARTBEAT if frame.flags & FLAG_REPLY == 0 => {
+                let mut buf = BytesMut::new();
+                let h = Header {
+                    kind: kind::HEARTBEAT,
+                    flags: FLAG_REPLY,
+                    id: frame.id,
+                    ..Header::default()
+                };
+                if encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(())).is_ok() {
+                    ctx.send(buf.freeze());
+                }
+            }
+            kind::CANCEL => {
+                if let Some(h) = self.aborts.remove(&frame.id) {
+                    h.abort();
+                }
+            }
+            // Heartbeat replies only prove life (reading updated the active time); unknown
+            // kinds are ignored so newer peers can add some.
+            _ => {}
+        }
+    }
+
+    fn poll_work(&mut self, ctx: &mut Ctx<'_, Bytes>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut progressed = false;
+        while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
+            progressed = true;
+            if let Ok((id, reply)) = done {
+                self.aborts.remove(&id);
+                if let Some(frame) = reply {
+                    ctx.send(frame);
+                }
+            }
+        }
+        if progressed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn accepts_messages(&self) -> bool {
+        self.in_flight.len() < self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::Code;
+
+    #[test]
+    fn unknown_service_and_method_are_named() {
+        let r = Router::new().add(Service::new("a.A").unary("M", |x: i32, _| async move { Ok(x) }));
+        let e = r.find(b"b.B", b"M").err().expect("unknown service");
+        assert_eq!(e.code(), Code::Unimplemented);
+        assert!(e.message().contains("b.B"));
+        let e = r.find(b"a.A", b"N").err().expect("unknown method");
+        assert!(e.message().contains("\"N\"") && e.message().contains("a.A"));
+        assert!(r.find(b"a.A", b"M").is_ok());
+    }
+}
