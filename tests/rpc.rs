@@ -1,0 +1,530 @@
+//! The RPC core end to end over TCP, UDP and WebSocket with both codecs, real sockets on
+//! 127.0.0.1.
+
+mod common;
+mod rpc_common;
+
+use common::{within, WAIT};
+use qsocket::rpc::{Code, Codec, RpcClient, RpcServer, RpcServerConfig, Sent, Status};
+use qsocket::session::{Server, Transport};
+use rpc_common::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn server(counters: &Arc<Counters>) -> Server {
+    RpcServer::builder(router(counters.clone()))
+        .bind("tcp://127.0.0.1:0")
+        .bind("udp://127.0.0.1:0")
+        .bind("ws://127.0.0.1:0/rpc")
+        .start()
+        .await
+        .expect("rpc server")
+}
+
+async fn client(url: &str, codec: Codec) -> RpcClient {
+    RpcClient::builder()
+        .endpoint(url)
+        .codec(codec)
+        .timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .expect("rpc client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_calls_in_flight_on_one_session_every_transport_and_codec() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    for t in [Transport::Tcp, Transport::Ws, Transport::Udp] {
+        for codec in [Codec::Protobuf, Codec::Json] {
+            let url = server.endpoint(t).expect("bound").to_string();
+            let c = client(&url, codec).await;
+            let n = 10_000;
+            let started = Instant::now();
+            let calls = (0..n).map(|i| {
+                let c = c.clone();
+                async move {
+                    let text = format!("call {i}");
+                    let r: Result<EchoReply, Status> = c
+                        .request("test.Echo", "Echo")
+                        .timeout(Duration::from_secs(20))
+                        .call(&req(&text))
+                        .await;
+                    (text, r)
+                }
+            });
+            let results = within("10k calls", futures_util::future::join_all(calls)).await;
+            let mut ok = 0;
+            for (text, r) in results {
+                match r {
+                    Ok(reply) => {
+                        assert_eq!(reply.text, text);
+                        ok += 1;
+                    }
+                    // UDP may lose a datagram: that call, and only that, ends at its deadline.
+                    Err(st) if t == Transport::Udp && st.code() == Code::DeadlineExceeded => {}
+                    Err(st) => panic!("{t}/{codec:?}: {st}"),
+                }
+            }
+            if t == Transport::Udp {
+                assert!(ok >= n * 9 / 10, "udp answered {ok} of {n}");
+            } else {
+                assert_eq!(ok, n, "{t}/{codec:?}");
+            }
+            assert_eq!(c.in_flight(), 0, "pending table empty after all calls");
+            eprintln!("{t}/{codec:?}: {n} calls in {:?}", started.elapsed());
+            c.close().await;
+        }
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_travel_expire_on_both_sides_and_past_ones_do_not_run() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+
+    // The server sees the caller's deadline as time remaining.
+    let reply: EchoReply = c
+        .request("test.Echo", "Echo")
+        .timeout(Duration::from_secs(5))
+        .call(&req("x"))
+        .await
+        .expect("call");
+    assert!(
+        (3_000..=5_000).contains(&reply.deadline_left_ms),
+        "handler saw {} ms left",
+        reply.deadline_left_ms
+    );
+
+    // Client side: the call ends at its deadline, and says the request may have run.
+    let slow = EchoRequest {
+        delay_ms: 2_000,
+        ..req("slow")
+    };
+    let t0 = Instant::now();
+    let err = c
+        .request("test.Echo", "Echo")
+        .timeout(Duration::from_millis(150))
+        .call::<_, EchoReply>(&slow)
+        .await
+        .expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    // Either side's timer may fire first: the client's (Maybe) or the server's answer (Yes).
+    assert!(err.request_written(), "{:?}", err.sent());
+    assert!(t0.elapsed() < Duration::from_millis(1_500));
+    // Server side: the handler was stopped at the deadline, not run to the end.
+    within("server drops the expired handler", async {
+        while counters.dropped.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(c.in_flight(), 0);
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+
+    // A request whose deadline passes while it waits behind the in-flight limit never runs.
+    let counters = Arc::new(Counters::default());
+    let server = RpcServer::builder(router(counters.clone()))
+        .bind("tcp://127.0.0.1:0")
+        .max_in_flight(1)
+        .start()
+        .await
+        .expect("server");
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let blocker = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let r = EchoRequest {
+                delay_ms: 600,
+                ..req("blocker")
+            };
+            c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
+        })
+    };
+    within("blocker started", async {
+        while counters.started.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let late = c
+        .request("test.Echo", "Echo")
+        .timeout(Duration::from_millis(100))
+        .call::<_, EchoReply>(&req("late"))
+        .await;
+    assert_eq!(late.expect_err("late").code(), Code::DeadlineExceeded);
+    assert_eq!(
+        within("blocker", blocker)
+            .await
+            .expect("join")
+            .expect("ok")
+            .text,
+        "blocker"
+    );
+    // Give the server the time to see the late request; it must still not run it.
+    let after: EchoReply = c
+        .call("test.Echo", "Echo", &req("after"))
+        .await
+        .expect("after");
+    assert_eq!(after.text, "after");
+    assert_eq!(
+        counters.started.load(Ordering::SeqCst),
+        2,
+        "blocker and after ran; late did not"
+    );
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_calls_cancels_them_on_both_sides() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    for t in [Transport::Tcp, Transport::Ws, Transport::Udp] {
+        let before = counters.dropped.load(Ordering::SeqCst);
+        let url = server.endpoint(t).expect("bound").to_string();
+        let c = client(&url, Codec::Protobuf).await;
+        // Warm the connection so all 50 calls are in flight at once.
+        let _: EchoReply = c
+            .call("test.Echo", "Echo", &req("warm"))
+            .await
+            .expect("warm");
+        let hang = EchoRequest {
+            delay_ms: 60_000,
+            ..req("hang")
+        };
+        let calls = (0..50).map(|_| c.call::<_, EchoReply>("test.Echo", "Echo", &hang));
+        let all = futures_util::future::join_all(calls);
+        // Let them start, then give up on all of them.
+        let r = tokio::time::timeout(Duration::from_millis(300), all).await;
+        assert!(r.is_err(), "the calls hang");
+        assert_eq!(
+            c.in_flight(),
+            0,
+            "{t}: dropped calls left the pending table"
+        );
+        within("server cancels the handlers", async {
+            while counters.dropped.load(Ordering::SeqCst) < before + 50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        c.close().await;
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_dies_fails_pending_calls_at_once() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let _: EchoReply = c
+        .call("test.Echo", "Echo", &req("warm"))
+        .await
+        .expect("warm");
+    let hang = EchoRequest {
+        delay_ms: 60_000,
+        ..req("hang")
+    };
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let c = c.clone();
+            let hang = hang.clone();
+            tokio::spawn(async move {
+                c.request("test.Echo", "Echo")
+                    .timeout(Duration::from_secs(60))
+                    .call::<_, EchoReply>(&hang)
+                    .await
+            })
+        })
+        .collect();
+    within("calls reach the server", async {
+        while counters.started.load(Ordering::SeqCst) < 21 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let t0 = Instant::now();
+    server.shutdown(Duration::from_millis(200)).await;
+    for call in calls {
+        let err = within("failed at once", call)
+            .await
+            .expect("join")
+            .expect_err("fails");
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert_eq!(err.sent(), Sent::Maybe);
+    }
+    assert!(t0.elapsed() < WAIT, "well before the 60 s deadline");
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_methods_panics_and_bad_bodies_get_statuses() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Json).await;
+    let e = c
+        .call::<_, EchoReply>("test.Echo", "Nope", &req("x"))
+        .await
+        .expect_err("unknown method");
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(
+        e.message().contains("Nope") && e.message().contains("test.Echo"),
+        "{e}"
+    );
+    assert_eq!(e.sent(), Sent::Yes);
+    let e = c
+        .call::<_, EchoReply>("no.Such", "Echo", &req("x"))
+        .await
+        .expect_err("unknown service");
+    assert!(e.message().contains("no.Such"), "{e}");
+
+    let boom = EchoRequest {
+        panic: true,
+        ..req("boom")
+    };
+    let e = c
+        .call::<_, EchoReply>("test.Echo", "Echo", &boom)
+        .await
+        .expect_err("panic");
+    assert_eq!(e.code(), Code::Internal);
+    assert!(e.message().contains("asked to panic"), "{e}");
+    // The session and the server live on.
+    let ok: EchoReply = c
+        .call("test.Echo", "Echo", &req("fine"))
+        .await
+        .expect("after panic");
+    assert_eq!(ok.text, "fine");
+
+    // A body the server cannot decode as the method's request type.
+    let e = c
+        .call::<_, EchoReply>("test.Echo", "Echo", &vec![1u8, 2, 3])
+        .await
+        .expect_err("wrong type");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("EchoRequest"), "{e}");
+
+    // Oneway calls run without an answer.
+    for _ in 0..5 {
+        c.request("test.Echo", "Fire")
+            .oneway(&req("f"))
+            .await
+            .expect("oneway");
+    }
+    within("oneway calls arrive", async {
+        while counters.oneway.load(Ordering::SeqCst) < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_too_large_for_a_datagram_fails_that_call_only() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Udp).expect("udp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let big = req(&"x".repeat(70_000));
+    let e = c
+        .call::<_, EchoReply>("test.Echo", "Echo", &big)
+        .await
+        .expect_err("too big");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert_eq!(e.sent(), Sent::No);
+    let ok: EchoReply = c
+        .call("test.Echo", "Echo", &req("small"))
+        .await
+        .expect("small");
+    assert_eq!(ok.text, "small");
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A raw request frame (protocol version 1) for the malformed-input tests.
+fn raw_request(id: u64, body: &[u8]) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    let h = qsocket::rpc::frame::Header {
+        kind: qsocket::rpc::frame::kind::REQUEST,
+        codec: 1,
+        id,
+        timeout_ms: 5_000,
+        service: "test.Echo",
+        method: "Echo",
+        ..Default::default()
+    };
+    qsocket::rpc::frame::encode_frame(&mut buf, &h, &Default::default(), |b| {
+        b.extend_from_slice(body);
+        Ok::<_, ()>(())
+    })
+    .expect("encode");
+    buf.to_vec()
+}
+
+async fn read_frame(s: &mut TcpStream) -> (u16, u64, Vec<u8>) {
+    let mut head = [0u8; 28];
+    within("response", s.read_exact(&mut head))
+        .await
+        .expect("read header");
+    let status = u16::from_be_bytes([head[6], head[7]]);
+    let id = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+    let rest =
+        head[20] as usize + head[21] as usize + u16::from_be_bytes([head[22], head[23]]) as usize;
+    let body_len = u32::from_be_bytes(head[24..28].try_into().expect("4 bytes")) as usize;
+    let mut tail = vec![0u8; rest + body_len];
+    within("response body", s.read_exact(&mut tail))
+        .await
+        .expect("read body");
+    (status, id, tail[rest..].to_vec())
+}
+
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 256];
+    within("server closes", async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_refused_and_others_keep_being_served() {
+    let counters = Arc::new(Counters::default());
+    let mut cfg = RpcServerConfig::default();
+    cfg.limits.max_body = 64 * 1024;
+    let server = RpcServer::builder(router(counters.clone()))
+        .bind("tcp://127.0.0.1:0")
+        .config(cfg)
+        .start()
+        .await
+        .expect("server");
+    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    let url = format!("tcp://{addr}");
+    let good = client(&url, Codec::Protobuf).await;
+
+    let good_req = {
+        use prost::Message;
+        req("raw").encode_to_vec()
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut bad_magic = raw_request(1, &good_req);
+    bad_magic[0] = b'X';
+    cases.push(("bad magic", bad_magic));
+    let mut bad_version = raw_request(1, &good_req);
+    bad_version[2] = 99;
+    cases.push(("bad version", bad_version));
+    let mut oversized = raw_request(1, &good_req);
+    oversized[24..28].copy_from_slice(&(1u32 << 30).to_be_bytes());
+    cases.push(("oversized length", oversized));
+    for (what, bytes) in cases {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(&bytes).await.expect("write");
+        assert!(closed(&mut s).await, "{what}: connection closed");
+        let ok: EchoReply = good
+            .call("test.Echo", "Echo", &req(what))
+            .await
+            .expect("others served");
+        assert_eq!(ok.text, what);
+    }
+
+    // Truncated: half a frame, then EOF — the session ends, nothing runs.
+    let started = counters.started.load(Ordering::SeqCst);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let whole = raw_request(7, &good_req);
+    s.write_all(&whole[..whole.len() / 2]).await.expect("write");
+    s.shutdown().await.expect("half close");
+    assert!(closed(&mut s).await);
+    assert_eq!(counters.started.load(Ordering::SeqCst), started);
+
+    // A garbage body in a well-formed frame: an invalid-argument answer, session kept.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(&raw_request(9, &[0xff, 0xff, 0xff, 0x0f]))
+        .await
+        .expect("write");
+    let (status, id, body) = read_frame(&mut s).await;
+    assert_eq!((status, id), (Code::InvalidArgument as u16, 9));
+    assert!(String::from_utf8_lossy(&body).contains("cannot decode"));
+    s.write_all(&raw_request(10, &good_req))
+        .await
+        .expect("write");
+    let (status, id, _) = read_frame(&mut s).await;
+    assert_eq!((status, id), (0, 10), "same session still served");
+    good.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_replace_a_session_whose_peer_went_silent() {
+    // A "server" that accepts and never answers anything.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let c = RpcClient::builder()
+        .endpoint(&format!("tcp://{addr}"))
+        .heartbeat(Duration::from_millis(50))
+        .start()
+        .await
+        .expect("client");
+    let (mut first, _) = within("first connection", silent.accept())
+        .await
+        .expect("accept");
+    // The client sends heartbeats, gets no reply, closes, and reconnects.
+    let mut got = Vec::new();
+    within(
+        "client gives up on the silent peer",
+        first.read_to_end(&mut got),
+    )
+    .await
+    .ok();
+    assert!(!got.is_empty(), "heartbeats were sent");
+    assert_eq!(&got[..2], b"QS");
+    assert_eq!(got[3], qsocket::rpc::frame::kind::HEARTBEAT);
+    let _second = within("reconnect", silent.accept())
+        .await
+        .expect("accept again");
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_written_from_protocol_md_alone() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/rpc_client.py");
+    let out = within(
+        "python client",
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .output(),
+    )
+    .await
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python rpc client: ok"), "{stdout}");
+    server.shutdown(Duration::from_secs(5)).await;
+}
