@@ -528,3 +528,90 @@ async fn python_client_written_from_protocol_md_alone() {
     assert!(stdout.contains("python rpc client: ok"), "{stdout}");
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_does_not_hold_up_others_on_the_same_session() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let r = EchoRequest {
+                delay_ms: 3_000,
+                ..req("slow")
+            };
+            c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
+        })
+    };
+    within("slow call started", async {
+        while counters.started.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for i in 0..100 {
+        let r: EchoReply = c
+            .call("test.Echo", "Echo", &req(&format!("fast {i}")))
+            .await
+            .expect("fast");
+        assert_eq!(r.text, format!("fast {i}"));
+    }
+    assert!(
+        !slow.is_finished(),
+        "all fast calls finished while the slow one still runs"
+    );
+    assert_eq!(
+        within("slow", slow).await.expect("join").expect("ok").text,
+        "slow"
+    );
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_inside_a_handler_inherit_its_deadline_and_codecs_mix() {
+    use qsocket::rpc::{CallContext, Router, Service};
+    // Backend: the echo service.
+    let counters = Arc::new(Counters::default());
+    let backend = server(&counters).await;
+    let backend_url = backend.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let inner = client(&backend_url, Codec::Protobuf).await; // default timeout 20 s
+                                                             // Front: relays to the backend without setting any deadline of its own.
+    let relay = Router::new().add(Service::new("test.Relay").unary(
+        "Relay",
+        move |r: EchoRequest, _ctx: CallContext| {
+            let inner = inner.clone();
+            async move { inner.call::<_, EchoReply>("test.Echo", "Echo", &r).await }
+        },
+    ));
+    let front = RpcServer::builder(relay)
+        .bind("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .expect("front");
+    let c = client(
+        &front.endpoint(Transport::Tcp).expect("tcp").to_string(),
+        Codec::Protobuf,
+    )
+    .await;
+    for codec in [Codec::Protobuf, Codec::Json] {
+        let r: EchoReply = c
+            .request("test.Relay", "Relay")
+            .timeout(Duration::from_secs(2))
+            .codec(codec)
+            .call(&req("relayed"))
+            .await
+            .expect("relay");
+        assert_eq!(r.text, "relayed");
+        assert!(
+            r.deadline_left_ms > 0 && r.deadline_left_ms <= 2_000,
+            "the backend saw the caller's 2 s deadline, not the relay client's 20 s: {} ms",
+            r.deadline_left_ms
+        );
+    }
+    c.close().await;
+    front.shutdown(Duration::from_secs(5)).await;
+    backend.shutdown(Duration::from_secs(5)).await;
+}
