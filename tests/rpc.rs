@@ -615,3 +615,51 @@ async fn calls_made_inside_a_handler_inherit_its_deadline_and_codecs_mix() {
     front.shutdown(Duration::from_secs(5)).await;
     backend.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_calls_in_flight_and_sends_goaway() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let _: EchoReply = c
+        .call("test.Echo", "Echo", &req("warm"))
+        .await
+        .expect("warm");
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let r = EchoRequest {
+                    delay_ms: 300,
+                    ..req(&format!("in flight {i}"))
+                };
+                c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
+            })
+        })
+        .collect();
+    within("calls reach the server", async {
+        while counters.started.load(Ordering::SeqCst) < 21 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    server.shutdown(Duration::from_secs(10)).await;
+    for (i, call) in calls.into_iter().enumerate() {
+        let r = within("call", call)
+            .await
+            .expect("join")
+            .expect("finished during shutdown");
+        assert_eq!(r.text, format!("in flight {i}"));
+    }
+    // After the goaway no new call goes to that server.
+    let e = c
+        .request("test.Echo", "Echo")
+        .timeout(Duration::from_millis(300))
+        .call::<_, EchoReply>(&req("too late"))
+        .await
+        .expect_err("server gone");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert_eq!(e.sent(), Sent::No);
+    c.close().await;
+}

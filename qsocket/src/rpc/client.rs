@@ -4,10 +4,13 @@
 
 use super::codec::{Codec, Message};
 use super::context::current_deadline;
-use super::frame::{encode_frame, kind, put_metadata, EncodeError, Frame, FrameCodec, Header, Limits, HEADER_LEN};
+use super::frame::{
+    control_frame, encode_frame, kind, put_metadata, EncodeError, Frame, FrameCodec, Header,
+    Limits, HEADER_LEN,
+};
 use super::status::{Code, Sent, Status};
-use crate::session::{Client, Ctx, Endpoint, EventListener, Session, SessionConfig, Transport};
 use crate::session::MAX_DATAGRAM;
+use crate::session::{Client, Ctx, Endpoint, EventListener, Session, SessionConfig, Transport};
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
@@ -195,7 +198,11 @@ impl EventListener for RpcClientListener {
                 }
             }
             kind::HEARTBEAT if frame.flags & super::frame::FLAG_REPLY == 0 => {
-                ctx.send(control_frame(kind::HEARTBEAT, super::frame::FLAG_REPLY, frame.id));
+                ctx.send(control_frame(
+                    kind::HEARTBEAT,
+                    super::frame::FLAG_REPLY,
+                    frame.id,
+                ));
             }
             kind::GOAWAY => {
                 tracing::debug!(session = ctx.session().id(), "server sent goaway");
@@ -223,18 +230,6 @@ impl EventListener for RpcClientListener {
             .close(&Status::unavailable("connection closed").with_sent(Sent::Maybe));
         self.pool.changed.notify_waiters();
     }
-}
-
-fn control_frame(kind: u8, flags: u8, id: u64) -> Bytes {
-    let mut buf = BytesMut::with_capacity(HEADER_LEN);
-    let h = Header {
-        kind,
-        flags,
-        id,
-        ..Header::default()
-    };
-    let _ = encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(()));
-    buf.freeze()
 }
 
 /// Settings of an RPC client.
@@ -341,7 +336,8 @@ impl RpcClient {
     /// Closes every session (calls pending on them fail) and stops reconnecting.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
-        let clients: Vec<_> = std::mem::take(&mut *self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()));
+        let clients: Vec<_> =
+            std::mem::take(&mut *self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, c) in clients {
             c.close(Duration::from_secs(5)).await;
         }
@@ -361,8 +357,13 @@ impl RpcClient {
             if self.inner.closed.load(Ordering::Relaxed) {
                 return Err(Status::unavailable("client closed"));
             }
-            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
-                return Err(Status::unavailable("no connection to any endpoint before the deadline"));
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err(Status::unavailable(
+                    "no connection to any endpoint before the deadline",
+                ));
             }
         }
     }
@@ -425,12 +426,16 @@ impl RpcClientBuilder {
         let source: Arc<dyn Endpoints> = match self.source {
             Some(s) => s,
             None if fixed.is_empty() => {
-                return Err(Error::Config("an rpc client needs at least one endpoint".into()))
+                return Err(Error::Config(
+                    "an rpc client needs at least one endpoint".into(),
+                ))
             }
             None => Arc::new(StaticEndpoints(fixed)),
         };
         if self.cfg.heartbeat.is_zero() || self.cfg.udp_max_in_flight == 0 {
-            return Err(Error::Config("heartbeat and udp_max_in_flight must be non-zero".into()));
+            return Err(Error::Config(
+                "heartbeat and udp_max_in_flight must be non-zero".into(),
+            ));
         }
         let inner = Arc::new(Inner {
             pool: Arc::new(Pool {
@@ -473,7 +478,11 @@ type TlsOpt = Option<Arc<rustls::ClientConfig>>;
 type TlsOpt = Option<()>;
 
 /// Makes the client's sessions match `wanted`.
-async fn sync_endpoints(client: &RpcClient, wanted: &[Endpoint], tls: &TlsOpt) -> Result<(), Error> {
+async fn sync_endpoints(
+    client: &RpcClient,
+    wanted: &[Endpoint],
+    tls: &TlsOpt,
+) -> Result<(), Error> {
     let inner = &client.inner;
     let (removed, missing) = {
         let mut clients = inner.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -541,13 +550,19 @@ pub struct Call<'a> {
 struct CallGuard<'a> {
     conn: &'a Conn,
     id: u64,
+    /// Still in the pending table.
     armed: bool,
+    /// The request was queued on the connection (so the server may be working on it).
+    written: bool,
 }
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        if self.armed && self.conn.pending.take(self.id).is_some() {
-            let _ = self.conn.session.try_send(control_frame(kind::CANCEL, 0, self.id));
+        if self.armed && self.conn.pending.take(self.id).is_some() && self.written {
+            let _ = self
+                .conn
+                .session
+                .try_send(control_frame(kind::CANCEL, 0, self.id));
         }
     }
 }
@@ -598,9 +613,14 @@ impl Call<'_> {
             let msg = String::from_utf8_lossy(&frame.body()).into_owned();
             return Err(yes(Status::new(Code::from_u16(frame.status), msg)));
         }
-        let codec = Codec::from_id(frame.codec)
-            .ok_or_else(|| yes(Status::internal(format!("response in unknown codec {}", frame.codec))))?;
-        Resp::decode_body(codec, frame.body()).map_err(|e| yes(Status::internal(format!("response: {}", e.message()))))
+        let codec = Codec::from_id(frame.codec).ok_or_else(|| {
+            yes(Status::internal(format!(
+                "response in unknown codec {}",
+                frame.codec
+            )))
+        })?;
+        Resp::decode_body(codec, frame.body())
+            .map_err(|e| yes(Status::internal(format!("response: {}", e.message()))))
     }
 
     /// Sends the request without waiting for any response (a oneway call). Returns once the
@@ -618,11 +638,17 @@ impl Call<'_> {
         let conn = self.client.conn(deadline).await?;
         let udp = conn.session.transport() == Transport::Udp;
         let _permit: Option<OwnedSemaphorePermit> = match &conn.pending.permits {
-            Some(sem) => match tokio::time::timeout_at(deadline.into(), sem.clone().acquire_owned()).await {
-                Ok(Ok(p)) => Some(p),
-                Ok(Err(_)) => return Err(Status::unavailable("connection closed")),
-                Err(_) => return Err(Status::deadline_exceeded("deadline passed waiting for a udp call slot")),
-            },
+            Some(sem) => {
+                match tokio::time::timeout_at(deadline.into(), sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(_)) => return Err(Status::unavailable("connection closed")),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "deadline passed waiting for a udp call slot",
+                        ))
+                    }
+                }
+            }
             None => None,
         };
         let (tx, rx) = oneshot::channel();
@@ -633,11 +659,21 @@ impl Call<'_> {
                 .pending
                 .insert(tx)
                 .ok_or_else(|| Status::unavailable("connection closed"))?;
-            (id, Some(CallGuard { conn: &conn, id, armed: true }))
+            (
+                id,
+                Some(CallGuard {
+                    conn: &conn,
+                    id,
+                    armed: true,
+                    written: false,
+                }),
+            )
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(Status::deadline_exceeded("deadline passed before the request was sent"));
+            return Err(Status::deadline_exceeded(
+                "deadline passed before the request was sent",
+            ));
         }
         // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
         let timeout_ms = u32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
@@ -652,9 +688,16 @@ impl Call<'_> {
             ..Header::default()
         };
         let mut buf = BytesMut::with_capacity(
-            HEADER_LEN + self.service.len() + self.method.len() + self.metadata.len() + req.size_hint(self.codec),
+            HEADER_LEN
+                + self.service.len()
+                + self.method.len()
+                + self.metadata.len()
+                + req.size_hint(self.codec),
         );
-        encode_frame(&mut buf, &h, &cfg.limits, |b| req.encode_body(self.codec, b)).map_err(|e| match e {
+        encode_frame(&mut buf, &h, &cfg.limits, |b| {
+            req.encode_body(self.codec, b)
+        })
+        .map_err(|e| match e {
             EncodeError::Body(st) => st,
             EncodeError::Frame(e) => Status::invalid_argument(format!("request: {e}")),
         })?;
@@ -667,12 +710,21 @@ impl Call<'_> {
         }
         match tokio::time::timeout_at(deadline.into(), conn.session.send(buf.freeze())).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Status::unavailable("connection closed before the request was sent")),
-            Err(_) => return Err(Status::deadline_exceeded("deadline passed before the request was sent")),
+            Ok(Err(_)) => {
+                return Err(Status::unavailable(
+                    "connection closed before the request was sent",
+                ))
+            }
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "deadline passed before the request was sent",
+                ))
+            }
         }
         let Some(mut guard) = guard else {
             return Ok(None);
         };
+        guard.written = true;
         let maybe = |st: Status| st.with_sent(Sent::Maybe);
         let result = match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(r)) => {

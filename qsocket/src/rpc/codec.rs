@@ -118,7 +118,8 @@ mod tests {
             p.encode_body(codec, &mut buf).expect("encode");
             let back = Point::decode_body(codec, buf.freeze()).expect("decode");
             assert_eq!(back, p);
-            let err = Point::decode_body(codec, Bytes::from_static(b"\xff\xff{")).expect_err("garbage");
+            let err =
+                Point::decode_body(codec, Bytes::from_static(b"\xff\xff{")).expect_err("garbage");
             assert_eq!(err.code(), super::super::Code::InvalidArgument);
         }
         let mut json = BytesMut::new();

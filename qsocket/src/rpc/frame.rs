@@ -125,7 +125,10 @@ impl Frame {
     }
 
     fn body_start(&self) -> usize {
-        HEADER_LEN + self.service_len as usize + self.method_len as usize + self.metadata_len as usize
+        HEADER_LEN
+            + self.service_len as usize
+            + self.method_len as usize
+            + self.metadata_len as usize
     }
 
     /// The raw metadata block (see [`Metadata`]).
@@ -180,7 +183,9 @@ pub struct Metadata<'a>(pub &'a [u8]);
 impl<'a> Metadata<'a> {
     /// The value of the first entry named `key`.
     pub fn get(&self, key: &str) -> Option<&'a [u8]> {
-        self.iter().find(|(k, _)| *k == key.as_bytes()).map(|(_, v)| v)
+        self.iter()
+            .find(|(k, _)| *k == key.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// Every `(key, value)` entry; stops at the first malformed one.
@@ -265,7 +270,8 @@ pub fn encode_frame<E>(
     limits: &Limits,
     body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
 ) -> Result<(), EncodeError<E>> {
-    let too_large = |what, len, max| Err(EncodeError::Frame(FrameError::TooLarge { what, len, max }));
+    let too_large =
+        |what, len, max| Err(EncodeError::Frame(FrameError::TooLarge { what, len, max }));
     if h.service.len() > 255 {
         return too_large("service name", h.service.len(), 255);
     }
@@ -304,6 +310,20 @@ pub fn encode_frame<E>(
     }
     buf[start + 24..start + 28].copy_from_slice(&(body_len as u32).to_be_bytes());
     Ok(())
+}
+
+/// A frame with no names, metadata or body (heartbeat, cancel, goaway).
+pub fn control_frame(kind: u8, flags: u8, id: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN);
+    let h = Header {
+        kind,
+        flags,
+        id,
+        ..Header::default()
+    };
+    // Nothing in it can exceed a limit.
+    let _ = encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(()));
+    buf.freeze()
 }
 
 /// Why [`encode_frame`] failed.
@@ -451,9 +471,15 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut buf = sample();
-        let f = FrameCodec::default().decode(&mut buf).expect("ok").expect("frame");
+        let f = FrameCodec::default()
+            .decode(&mut buf)
+            .expect("ok")
+            .expect("frame");
         assert!(buf.is_empty());
-        assert_eq!((f.kind, f.codec, f.id, f.timeout_ms), (kind::REQUEST, 1, 42, 1500));
+        assert_eq!(
+            (f.kind, f.codec, f.id, f.timeout_ms),
+            (kind::REQUEST, 1, 42, 1500)
+        );
         assert_eq!(f.service(), b"echo");
         assert_eq!(f.method(), b"Echo");
         assert_eq!(f.metadata().get("trace"), Some(&b"abc"[..]));
@@ -471,14 +497,26 @@ mod tests {
         }
         let mut bad = full.clone();
         bad[0] = b'X';
-        assert!(matches!(codec.decode(&mut bad), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            codec.decode(&mut bad),
+            Err(FrameError::BadMagic(_))
+        ));
         let mut bad = full.clone();
         bad[2] = 9;
-        assert_eq!(codec.decode(&mut bad), Err(FrameError::UnsupportedVersion(9)));
+        assert_eq!(
+            codec.decode(&mut bad),
+            Err(FrameError::UnsupportedVersion(9))
+        );
         let mut bad = full.clone();
         bad[24..28].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(codec.decode(&mut bad), Err(FrameError::TooLarge { what: "body", .. })));
+        assert!(matches!(
+            codec.decode(&mut bad),
+            Err(FrameError::TooLarge { what: "body", .. })
+        ));
         let mut cut = BytesMut::from(&full[..full.len() - 1]);
-        assert_eq!(codec.decode_eof(&mut cut), Err(FrameError::Truncated(full.len() - 1)));
+        assert_eq!(
+            codec.decode_eof(&mut cut),
+            Err(FrameError::Truncated(full.len() - 1))
+        );
     }
 }

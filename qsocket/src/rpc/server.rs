@@ -6,11 +6,14 @@
 use super::codec::{Codec, Message};
 use super::context::{with_deadline, CallContext};
 use super::frame::{
-    encode_frame, kind, EncodeError, Frame, FrameCodec, Header, Limits, FLAG_REPLY, HEADER_LEN,
+    control_frame, encode_frame, kind, EncodeError, Frame, FrameCodec, Header, Limits, FLAG_REPLY,
+    HEADER_LEN,
 };
 use super::status::Status;
-use crate::session::{Ctx, EventListener, Server, ServerBuilder, Session, SessionConfig, Transport};
 use crate::session::MAX_DATAGRAM;
+use crate::session::{
+    Ctx, EventListener, Server, ServerBuilder, Session, SessionConfig, Transport,
+};
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{AbortHandle, Abortable};
@@ -29,7 +32,12 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// What a typed handler becomes once its types are erased: decode the body, run, and encode
 /// the response straight into its frame.
 trait Handler: Send + Sync {
-    fn call(&self, req: RequestHead, body: Bytes, ctx: CallContext) -> Result<BoxFuture<Reply>, Status>;
+    fn call(
+        &self,
+        req: RequestHead,
+        body: Bytes,
+        ctx: CallContext,
+    ) -> Result<BoxFuture<Reply>, Status>;
 }
 
 /// What the response frame needs from the request.
@@ -55,7 +63,12 @@ where
     Req: Message,
     Resp: Message,
 {
-    fn call(&self, req: RequestHead, body: Bytes, ctx: CallContext) -> Result<BoxFuture<Reply>, Status> {
+    fn call(
+        &self,
+        req: RequestHead,
+        body: Bytes,
+        ctx: CallContext,
+    ) -> Result<BoxFuture<Reply>, Status> {
         let msg = Req::decode_body(req.codec, body)?;
         let fut = (self.f)(msg, ctx);
         Ok(Box::pin(async move {
@@ -67,10 +80,14 @@ where
                 id: req.id,
                 ..Header::default()
             };
-            match encode_frame(&mut buf, &h, &req.limits, |b| resp.encode_body(req.codec, b)) {
+            match encode_frame(&mut buf, &h, &req.limits, |b| {
+                resp.encode_body(req.codec, b)
+            }) {
                 Ok(()) => Ok(buf.freeze()),
                 Err(EncodeError::Body(st)) => Err(st),
-                Err(EncodeError::Frame(e)) => Err(Status::resource_exhausted(format!("response: {e}"))),
+                Err(EncodeError::Frame(e)) => {
+                    Err(Status::resource_exhausted(format!("response: {e}")))
+                }
             }
         }))
     }
@@ -134,13 +151,17 @@ impl Router {
 
     /// Adds (or replaces) a service.
     pub fn add(mut self, service: Service) -> Self {
-        self.services.insert(service.name.as_bytes().into(), service);
+        self.services
+            .insert(service.name.as_bytes().into(), service);
         self
     }
 
     fn find(&self, service: &[u8], method: &[u8]) -> Result<&Arc<dyn Handler>, Status> {
         let svc = self.services.get(service).ok_or_else(|| {
-            Status::unimplemented(format!("unknown service {:?}", String::from_utf8_lossy(service)))
+            Status::unimplemented(format!(
+                "unknown service {:?}",
+                String::from_utf8_lossy(service)
+            ))
         })?;
         svc.methods.get(method).ok_or_else(|| {
             Status::unimplemented(format!(
@@ -364,6 +385,7 @@ struct RpcServerListener {
     in_flight: FuturesUnordered<Abortable<InFlight>>,
     aborts: HashMap<u64, AbortHandle>,
     limit: usize,
+    goaway_sent: bool,
 }
 
 impl RpcServerListener {
@@ -374,6 +396,7 @@ impl RpcServerListener {
             in_flight: FuturesUnordered::new(),
             aborts: HashMap::new(),
             limit,
+            goaway_sent: false,
         }
     }
 
@@ -386,7 +409,9 @@ impl RpcServerListener {
             .then(|| received + Duration::from_millis(u64::from(frame.timeout_ms)));
         let fail = |st: Status| (!oneway).then_some(st);
         let started = match Codec::from_id(codec_id) {
-            None => Err(fail(Status::unimplemented(format!("unknown codec id {codec_id}")))),
+            None => Err(fail(Status::unimplemented(format!(
+                "unknown codec id {codec_id}"
+            )))),
             Some(_) if deadline.is_some_and(|d| d <= Instant::now()) => Err(fail(
                 Status::deadline_exceeded("deadline passed before the request was dispatched"),
             )),
@@ -467,16 +492,7 @@ impl EventListener for RpcServerListener {
         match frame.kind {
             kind::REQUEST | kind::ONEWAY => self.start(ctx, frame).await,
             kind::HEARTBEAT if frame.flags & FLAG_REPLY == 0 => {
-                let mut buf = BytesMut::new();
-                let h = Header {
-                    kind: kind::HEARTBEAT,
-                    flags: FLAG_REPLY,
-                    id: frame.id,
-                    ..Header::default()
-                };
-                if encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(())).is_ok() {
-                    ctx.send(buf.freeze());
-                }
+                ctx.send(control_frame(kind::HEARTBEAT, FLAG_REPLY, frame.id));
             }
             kind::CANCEL => {
                 if let Some(h) = self.aborts.remove(&frame.id) {
@@ -509,6 +525,19 @@ impl EventListener for RpcServerListener {
 
     fn accepts_messages(&self) -> bool {
         self.in_flight.len() < self.limit
+    }
+
+    /// Graceful shutdown: tell the client to send nothing new, then finish what is in flight.
+    fn poll_close(&mut self, ctx: &mut Ctx<'_, Bytes>, _cx: &mut Context<'_>) -> Poll<()> {
+        if !self.goaway_sent {
+            self.goaway_sent = true;
+            ctx.send(control_frame(kind::GOAWAY, 0, 0));
+        }
+        if self.in_flight.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 

@@ -96,6 +96,16 @@ pub trait EventListener: Send + 'static {
         Poll::Pending
     }
 
+    /// A graceful local close is under way ([`Session::close`], a server's shutdown): the
+    /// handler keeps polling this, and [`poll_work`](Self::poll_work), writing whatever they
+    /// send, until it returns `Ready` or the shutdown's grace period ends. A protocol can say
+    /// goodbye here and let its work in flight finish. No messages are read any more.
+    /// Default: `Ready` at once.
+    fn poll_close(&mut self, ctx: &mut Ctx<'_, Self::Out>, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = (ctx, cx);
+        Poll::Ready(())
+    }
+
     /// Whether the listener takes more messages now. While it returns `false` the handler
     /// stops handing over messages and, once the queue between them fills, the reader stops
     /// reading: backpressure down to the peer. Checked again after `poll_work` progresses.

@@ -390,6 +390,7 @@ where
     // `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
     let mut failure: Option<Error> = None;
     let mut can_write = true;
+    let mut closed_locally = false;
     'run: loop {
         let ev = poll_fn(|cx| {
             if cancelled.as_mut().poll(cx).is_ready() {
@@ -420,7 +421,11 @@ where
         .await;
 
         let mut first = match ev {
-            Ev::Closed | Ev::ReaderDone => break 'run,
+            Ev::Closed => {
+                closed_locally = true;
+                break 'run;
+            }
+            Ev::ReaderDone => break 'run,
             Ev::Out(o) => {
                 outbox.push(o);
                 None
@@ -510,7 +515,11 @@ where
             can_write = false;
             break 'run;
         }
-        if failure.is_some() || session.is_closed() {
+        if failure.is_some() {
+            break 'run;
+        }
+        if session.is_closed() {
+            closed_locally = true;
             break 'run;
         }
     }
@@ -526,7 +535,38 @@ where
         }
         out.encode(&mut outbox, &sink, &mut errors);
         errors.clear();
-        if out.flush(&mut sink, &session, cfg, force).await.is_ok() {
+        let mut ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
+        // A graceful local close lets the listener finish its work in flight (and say goodbye)
+        // until it is done or the shutdown's grace period ends.
+        while ok && closed_locally && failure.is_none() {
+            let at = session.stats_ref().active_ms();
+            let done = poll_fn(|cx| {
+                if force.is_cancelled() {
+                    return Poll::Ready(true);
+                }
+                let mut ctx = Ctx::new(&session, &mut outbox, at);
+                let progressed = listener.poll_work(&mut ctx, cx).is_ready();
+                if listener.poll_close(&mut ctx, cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                if progressed {
+                    return Poll::Ready(false);
+                }
+                let mut forced = pin!(force.cancelled());
+                if forced.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(true);
+                }
+                Poll::Pending
+            })
+            .await;
+            out.encode(&mut outbox, &sink, &mut errors);
+            errors.clear();
+            ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
+            if done {
+                break;
+            }
+        }
+        if ok {
             let _ = guarded(
                 async {
                     sink.shutdown().await;
