@@ -579,7 +579,7 @@ async fn calls_made_inside_a_handler_inherit_its_deadline_and_codecs_mix() {
     let backend_url = backend.endpoint(Transport::Tcp).expect("tcp").to_string();
     let inner = client(&backend_url, Codec::Protobuf).await; // default timeout 20 s
                                                              // Front: relays to the backend without setting any deadline of its own.
-    let relay = Router::new().add(Service::new("test.Relay").unary(
+    let relay = Router::new().add_service(Service::new("test.Relay").unary(
         "Relay",
         move |r: EchoRequest, _ctx: CallContext| {
             let inner = inner.clone();

@@ -60,7 +60,7 @@ impl Drop for DropCount<'_> {
 pub fn router(counters: Arc<Counters>) -> Router {
     let c1 = counters.clone();
     let c2 = counters;
-    Router::new().add(
+    Router::new().add_service(
         Service::new("test.Echo")
             .unary("Echo", move |r: EchoRequest, ctx: CallContext| {
                 let c = c1.clone();

@@ -5,7 +5,7 @@
 //! ```no_run
 //! use qsocket::rpc::{CallContext, RpcClient, RpcServer, Router, Service, Status};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let router = Router::new().add(
+//! let router = Router::new().add_service(
 //!     Service::new("greeter.Greeter").unary("Hello", |name: String, _ctx: CallContext| async move {
 //!         Ok::<_, Status>(format!("hello, {name}"))
 //!     }),

@@ -150,7 +150,7 @@ impl Router {
     }
 
     /// Adds (or replaces) a service.
-    pub fn add(mut self, service: Service) -> Self {
+    pub fn add_service(mut self, service: Service) -> Self {
         self.services
             .insert(service.name.as_bytes().into(), service);
         self
@@ -548,7 +548,8 @@ mod tests {
 
     #[test]
     fn unknown_service_and_method_are_named() {
-        let r = Router::new().add(Service::new("a.A").unary("M", |x: i32, _| async move { Ok(x) }));
+        let r = Router::new()
+            .add_service(Service::new("a.A").unary("M", |x: i32, _| async move { Ok(x) }));
         let e = r.find(b"b.B", b"M").err().expect("unknown service");
         assert_eq!(e.code(), Code::Unimplemented);
         assert!(e.message().contains("b.B"));
