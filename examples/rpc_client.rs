@@ -76,7 +76,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .call::<_, u64>(&1_000u64)
         .await;
     match slow {
-        Err(st) => println!("sleep 1 s with a 100 ms deadline -> {st} (request written: {})", st.request_written()),
+        Err(st) => println!(
+            "sleep 1 s with a 100 ms deadline -> {st} (request written: {})",
+            st.request_written()
+        ),
         Ok(v) => println!("sleep returned {v}?"),
     }
     client.close().await;

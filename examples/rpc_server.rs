@@ -48,11 +48,14 @@ fn greeter() -> Service {
                 message: format!("hello, {} (from {})", req.name, ctx.peer_addr()),
             })
         })
-        .unary("Divide", |req: DivideRequest, _ctx: CallContext| async move {
-            req.a
-                .checked_div(req.b)
-                .ok_or_else(|| Status::invalid_argument("division by zero"))
-        })
+        .unary(
+            "Divide",
+            |req: DivideRequest, _ctx: CallContext| async move {
+                req.a
+                    .checked_div(req.b)
+                    .ok_or_else(|| Status::invalid_argument("division by zero"))
+            },
+        )
         .unary("Sleep", |millis: u64, _ctx: CallContext| async move {
             tokio::time::sleep(Duration::from_millis(millis)).await;
             Ok::<_, Status>(millis)
@@ -64,7 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let tcp = args.next().unwrap_or_else(|| "tcp://127.0.0.1:9100".into());
     let udp = args.next().unwrap_or_else(|| "udp://127.0.0.1:9101".into());
-    let ws = args.next().unwrap_or_else(|| "ws://127.0.0.1:9102/rpc".into());
+    let ws = args
+        .next()
+        .unwrap_or_else(|| "ws://127.0.0.1:9102/rpc".into());
     let server = RpcServer::builder(Router::new().add_service(greeter()))
         .bind(&tcp)
         .bind(&udp)

@@ -1,1 +1,603 @@
-fn main() {}
+//! qsocket's benchmark program.
+//!
+//! ```text
+//! cargo run -p qsocket-bench --release -- echo [--secs S] [--inflight N]
+//! cargo run -p qsocket-bench --release -- idle [--sessions N]
+//! cargo run -p qsocket-bench --release -- all  [--secs S] [--inflight N] [--sessions N]
+//! ```
+//!
+//! * `echo`: for each of TCP, UDP and WebSocket, a qsocket echo server and a qsocket client
+//!   (one session) in this process; N sender tasks each send a 64-byte frame and wait for its
+//!   echo, again and again. One second of warm-up, then S seconds measured: messages per second
+//!   and round-trip latency percentiles. Over UDP a message whose echo is not back within
+//!   200 ms counts as lost.
+//! * `idle`: server memory per idle TCP session. A child process (this program, hidden
+//!   subcommand `idle-server`) runs a qsocket TCP echo server; this process opens N plain TCP
+//!   connections to it, does one echo on each, and compares the child's RSS before and after.
+//! * `all`: both, then a Markdown table for the README.
+//!
+//! Progress goes to stderr, results to stdout.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use qsocket::session::{Client, Ctx, EventListener, Server, Transport};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::LengthDelimitedCodec;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Payload size of every echo message (the length prefix comes on top).
+const PAYLOAD: usize = 64;
+const WARMUP: Duration = Duration::from_secs(1);
+/// Echo wait before a UDP message counts as lost.
+const UDP_TIMEOUT: Duration = Duration::from_millis(200);
+/// Echo wait over TCP and WebSocket (a timeout there would be a bug; it is reported as a loss).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound of messages one sender task sends, whatever the duration.
+const MAX_PER_TASK: u64 = 100_000_000;
+/// Connections opened at once by `idle`. Below the server's listen backlog, or the kernel
+/// drops SYNs and connects stall for a 1 s retransmit: qsocket's listener comes from
+/// `tokio::net::TcpListener::bind`, whose backlog (mio 1.x) is 128, not 1,024.
+const BATCH: usize = 100;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        usage();
+        return ExitCode::from(2);
+    };
+    let opts = match Opts::parse(&args[1..]) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("qsocket-bench: {e}");
+            usage();
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cmd.as_str() {
+        "echo" => cmd_echo(&opts).map(|rows| print!("{}", echo_table(&rows))),
+        "idle" => cmd_idle(&opts).map(|r| println!("{}", r.line())),
+        "all" => cmd_all(&opts),
+        "idle-server" => idle_server(),
+        "-h" | "--help" | "help" => {
+            usage();
+            Ok(())
+        }
+        other => Err(format!("unknown subcommand {other:?}").into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qsocket-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() {
+    eprintln!(
+        "usage: qsocket-bench echo [--secs S] [--inflight N]\n       \
+         qsocket-bench idle [--sessions N]\n       \
+         qsocket-bench all  [--secs S] [--inflight N] [--sessions N]"
+    );
+}
+
+struct Opts {
+    secs: u64,
+    inflight: usize,
+    sessions: usize,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Self, Error> {
+        let mut o = Opts {
+            secs: 3,
+            inflight: 32,
+            sessions: 10_000,
+        };
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .ok_or_else(|| format!("{flag} needs a value"))
+                    .cloned()
+            };
+            match flag.as_str() {
+                "--secs" => o.secs = value()?.parse()?,
+                "--inflight" => o.inflight = value()?.parse()?,
+                "--sessions" => o.sessions = value()?.parse()?,
+                _ => return Err(format!("unknown option {flag:?}").into()),
+            }
+        }
+        if o.secs == 0 || o.inflight == 0 || o.sessions == 0 {
+            return Err("--secs, --inflight and --sessions must be at least 1".into());
+        }
+        Ok(o)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// echo
+
+/// The server's listener: echoes every frame.
+struct Echo;
+
+impl EventListener for Echo {
+    type In = BytesMut;
+    type Out = Bytes;
+
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, msg: BytesMut) {
+        ctx.send(msg.freeze());
+    }
+}
+
+/// The client's listener: hands each echo to the sender task named in its first 4 bytes.
+struct Router {
+    tasks: Arc<Vec<mpsc::UnboundedSender<BytesMut>>>,
+}
+
+impl EventListener for Router {
+    type In = BytesMut;
+    type Out = Bytes;
+
+    async fn on_message(&mut self, _ctx: &mut Ctx<'_, Bytes>, msg: BytesMut) {
+        if msg.len() < 12 {
+            return;
+        }
+        let task = u32::from_be_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+        if let Some(tx) = self.tasks.get(task) {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+/// What one transport measured.
+struct EchoRow {
+    transport: Transport,
+    msgs_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    losses: u64,
+    sent: u64,
+}
+
+/// What one sender task measured.
+struct TaskResult {
+    hist: Histogram<u64>,
+    done: u64,
+    lost: u64,
+    sent: u64,
+}
+
+fn cmd_echo(opts: &Opts) -> Result<Vec<EchoRow>, Error> {
+    let rt = runtime()?;
+    let mut rows = Vec::new();
+    for transport in [Transport::Tcp, Transport::Udp, Transport::Ws] {
+        eprintln!(
+            "echo {transport}: {} senders, {} s warm-up + {} s measured ...",
+            opts.inflight,
+            WARMUP.as_secs(),
+            opts.secs
+        );
+        let row = rt.block_on(echo_one(transport, opts))?;
+        eprintln!(
+            "echo {transport}: {:.0} msgs/s, p50 {:.1} µs, p99 {:.1} µs, {} lost of {} sent",
+            row.msgs_per_sec, row.p50_us, row.p99_us, row.losses, row.sent
+        );
+        rows.push(row);
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(rows)
+}
+
+async fn echo_one(transport: Transport, opts: &Opts) -> Result<EchoRow, Error> {
+    let url = match transport {
+        Transport::Ws => "ws://127.0.0.1:0/echo".to_string(),
+        t => format!("{t}://127.0.0.1:0"),
+    };
+    let server = Server::builder(LengthDelimitedCodec::new(), || Echo)
+        .bind(&url)
+        .start()
+        .await?;
+    let endpoint = server
+        .endpoint(transport)
+        .ok_or("the server has no endpoint")?
+        .to_string();
+
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..opts.inflight)
+        .map(|_| mpsc::unbounded_channel::<BytesMut>())
+        .unzip();
+    let tasks = Arc::new(txs);
+    let client = Client::builder(&endpoint, LengthDelimitedCodec::new(), move || Router {
+        tasks: tasks.clone(),
+    })
+    .start()
+    .await?;
+    let session = tokio::time::timeout(Duration::from_secs(5), client.session())
+        .await
+        .map_err(|_| format!("no {transport} session within 5 s"))??;
+
+    let wait = if transport == Transport::Udp {
+        UDP_TIMEOUT
+    } else {
+        STREAM_TIMEOUT
+    };
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + Duration::from_secs(opts.secs);
+    let mut handles = Vec::new();
+    for (id, mut rx) in rxs.into_iter().enumerate() {
+        let session = session.clone();
+        handles.push(tokio::spawn(async move {
+            let mut r = TaskResult {
+                hist: Histogram::new_with_bounds(1, 60_000_000_000, 3)?,
+                done: 0,
+                lost: 0,
+                sent: 0,
+            };
+            let mut payload = [0u8; PAYLOAD];
+            payload[..4].copy_from_slice(&(id as u32).to_be_bytes());
+            for seq in 0..MAX_PER_TASK {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                payload[4..12].copy_from_slice(&seq.to_be_bytes());
+                session.send(Bytes::copy_from_slice(&payload)).await?;
+                let measured = t0 >= measure_from;
+                if measured {
+                    r.sent += 1;
+                }
+                let deadline = tokio::time::Instant::from_std(t0 + wait);
+                loop {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(m)) => {
+                            if m[4..12] != seq.to_be_bytes() {
+                                continue; // late echo of a message already counted as lost
+                            }
+                            if measured {
+                                let ns = u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                                r.hist.saturating_record(ns.max(1));
+                                r.done += 1;
+                            }
+                            break;
+                        }
+                        Ok(None) => return Err::<TaskResult, Error>("echo channel closed".into()),
+                        Err(_) => {
+                            if measured {
+                                r.lost += 1;
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(r)
+        }));
+    }
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut done, mut lost, mut sent) = (0u64, 0u64, 0u64);
+    let mut failure: Option<Error> = None;
+    for h in handles {
+        // Every task ends by `end` plus one echo wait.
+        let bound = end + wait + Duration::from_secs(5);
+        match tokio::time::timeout_at(bound.into(), h).await {
+            Ok(Ok(Ok(r))) => {
+                hist.add(&r.hist)?;
+                done += r.done;
+                lost += r.lost;
+                sent += r.sent;
+            }
+            Ok(Ok(Err(e))) => failure = Some(e),
+            Ok(Err(e)) => failure = Some(e.into()),
+            Err(_) => failure = Some("a sender task did not finish in time".into()),
+        }
+    }
+    let measured = end.saturating_duration_since(measure_from).as_secs_f64();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(3), client.close(Duration::from_secs(1))).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        server.shutdown(Duration::from_secs(2)),
+    )
+    .await;
+    if let Some(e) = failure {
+        return Err(format!("echo over {transport}: {e}").into());
+    }
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    Ok(EchoRow {
+        transport,
+        msgs_per_sec: done as f64 / measured,
+        p50_us: if done > 0 { q(0.5) } else { f64::NAN },
+        p99_us: if done > 0 { q(0.99) } else { f64::NAN },
+        losses: lost,
+        sent,
+    })
+}
+
+fn echo_table(rows: &[EchoRow]) -> String {
+    let mut s = String::from(
+        "| transport | msgs/s | p50 µs | p99 µs | losses |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {:.0} | {:.1} | {:.1} | {} of {} |\n",
+            r.transport, r.msgs_per_sec, r.p50_us, r.p99_us, r.losses, r.sent
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// idle
+
+struct IdleResult {
+    sessions: usize,
+    before_kib: u64,
+    after_kib: u64,
+}
+
+impl IdleResult {
+    fn per_session_kib(&self) -> f64 {
+        (self.after_kib as f64 - self.before_kib as f64) / self.sessions as f64
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "idle TCP sessions: {} → server RSS {} KiB → {} KiB: {:.2} KiB per session",
+            self.sessions,
+            self.before_kib,
+            self.after_kib,
+            self.per_session_kib()
+        )
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit; returns the new soft limit.
+#[allow(unsafe_code)] // two plain libc calls on a local struct
+fn raise_nofile() -> libc::rlim_t {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// This process's resident set size in KiB, from /proc/self/status.
+fn vm_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The hidden `idle-server` subcommand: a qsocket TCP echo server on 127.0.0.1:0. Prints its
+/// port, then answers each `rss` line on stdin with its VmRSS in KiB; exits at end of input.
+fn idle_server() -> Result<(), Error> {
+    raise_nofile();
+    let rt = runtime()?;
+    let server = rt.block_on(
+        Server::builder(LengthDelimitedCodec::new(), || Echo)
+            .bind("tcp://127.0.0.1:0")
+            .start(),
+    )?;
+    let port = server
+        .local_addr(Transport::Tcp)
+        .ok_or("no TCP address")?
+        .port();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{port}")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "rss" => writeln!(out, "{}", vm_rss_kib().unwrap_or(0))?,
+            "quit" => break,
+            other => writeln!(out, "error: unknown command {other:?}")?,
+        }
+        out.flush()?;
+    }
+    drop(server);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// The child process running `idle-server`; killed when dropped.
+struct IdleChild {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl IdleChild {
+    fn spawn() -> Result<(Self, u16), Error> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("idle-server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err("no pipes to the child".into());
+        };
+        let mut me = IdleChild {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        };
+        let port = me.read_line()?.parse()?;
+        Ok((me, port))
+    }
+
+    fn read_line(&mut self) -> Result<String, Error> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            return Err("the idle-server child exited".into());
+        }
+        Ok(line.trim().to_string())
+    }
+
+    fn rss_kib(&mut self) -> Result<u64, Error> {
+        writeln!(self.stdin, "rss")?;
+        self.stdin.flush()?;
+        let line = self.read_line()?;
+        line.parse()
+            .map_err(|e| format!("bad rss answer {line:?}: {e}").into())
+    }
+}
+
+impl Drop for IdleChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Opens one connection and does one echo on it, so the server session is fully set up.
+async fn open_one(port: u16) -> Result<TcpStream, Error> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut frame = BytesMut::with_capacity(4 + PAYLOAD);
+    frame.put_u32(PAYLOAD as u32);
+    frame.put_bytes(b'x', PAYLOAD);
+    s.write_all(&frame).await?;
+    let mut back = [0u8; 4 + PAYLOAD];
+    s.read_exact(&mut back).await?;
+    if back[..] != frame[..] {
+        return Err("wrong echo".into());
+    }
+    Ok(s)
+}
+
+fn cmd_idle(opts: &Opts) -> Result<IdleResult, Error> {
+    let n = opts.sessions;
+    let limit = raise_nofile();
+    if limit < (n + 64) as libc::rlim_t {
+        return Err(format!("open-file limit is {limit}, too low for {n} sessions").into());
+    }
+    let (mut child, port) = IdleChild::spawn()?;
+    eprintln!(
+        "idle: server child pid {} on 127.0.0.1:{port}",
+        child.child.id()
+    );
+    let rt = runtime()?;
+    // Let the child's runtime settle before the baseline.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = child.rss_kib()?;
+    let t0 = Instant::now();
+    let streams = rt.block_on(async {
+        let mut streams = Vec::with_capacity(n);
+        while streams.len() < n {
+            let batch = BATCH.min(n - streams.len());
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..batch {
+                set.spawn(tokio::time::timeout(
+                    Duration::from_secs(10),
+                    open_one(port),
+                ));
+            }
+            while let Some(r) = set.join_next().await {
+                match r? {
+                    Ok(Ok(s)) => streams.push(s),
+                    Ok(Err(e)) => return Err(format!("session {}: {e}", streams.len()).into()),
+                    Err(_) => return Err::<_, Error>("a connection took over 10 s".into()),
+                }
+            }
+            if streams.len() % 2000 == 0 || streams.len() == n {
+                eprintln!("idle: {} sessions open", streams.len());
+            }
+        }
+        Ok(streams)
+    })?;
+    eprintln!(
+        "idle: {n} sessions set up in {:.1} s, waiting 1 s",
+        t0.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let after = child.rss_kib()?;
+    drop(streams);
+    drop(child);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let r = IdleResult {
+        sessions: n,
+        before_kib: before,
+        after_kib: after,
+    };
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// all
+
+fn cmd_all(opts: &Opts) -> Result<(), Error> {
+    let rows = cmd_echo(opts)?;
+    let idle = cmd_idle(opts)?;
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!(
+        "qsocket-bench, {}: {cpus} CPUs ({model}); 64-byte echo, {} in flight over one session, \
+         client and server in one process, {} s measured after {} s warm-up",
+        today(),
+        opts.inflight,
+        opts.secs,
+        WARMUP.as_secs()
+    );
+    println!();
+    print!("{}", echo_table(&rows));
+    println!();
+    println!("{}", idle.line());
+    Ok(())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
