@@ -62,27 +62,43 @@ where
     match conn.io {
         Io::Tcp(stream) => {
             let (rd, wr) = stream.into_split();
-            let reader = stream_reader(rd, codec, tx, session, limits);
-            drive(parts, StreamSink(wr), Some(reader), cfg, force, on_live).await
+            let reader = move || stream_reader(rd, codec, tx, session, limits);
+            Box::pin(drive(
+                parts,
+                StreamSink(wr),
+                Some(reader),
+                cfg,
+                force,
+                on_live,
+            ))
+            .await
         }
         #[cfg(feature = "tls")]
         Io::Tls(stream) => {
             let (rd, wr) = tokio::io::split(*stream);
-            let reader = stream_reader(rd, codec, tx, session, limits);
-            drive(parts, StreamSink(wr), Some(reader), cfg, force, on_live).await
+            let reader = move || stream_reader(rd, codec, tx, session, limits);
+            Box::pin(drive(
+                parts,
+                StreamSink(wr),
+                Some(reader),
+                cfg,
+                force,
+                on_live,
+            ))
+            .await
         }
         #[cfg(feature = "ws")]
         Io::Ws(ws) => {
             use futures_util::StreamExt;
             let (sink, stream) = (*ws).split();
-            let reader = super::ws::ws_reader(stream, codec, tx, session, limits);
+            let reader = move || super::ws::ws_reader(stream, codec, tx, session, limits);
             let sink = super::ws::WsSink::new(sink, cfg.max_frame_len);
-            drive(parts, sink, Some(reader), cfg, force, on_live).await
+            Box::pin(drive(parts, sink, Some(reader), cfg, force, on_live)).await
         }
         Io::Udp(socket) => {
-            let reader = datagram_reader(socket.clone(), codec, tx, session, limits);
-            let sink = UdpSink::connected(socket);
-            drive(parts, sink, Some(reader), cfg, force, on_live).await
+            let sink = UdpSink::connected(socket.clone());
+            let reader = move || datagram_reader(socket, codec, tx, session, limits);
+            Box::pin(drive(parts, sink, Some(reader), cfg, force, on_live)).await
         }
     }
 }

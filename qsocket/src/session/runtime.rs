@@ -9,7 +9,7 @@ use super::Codec;
 use crate::Error;
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -117,10 +117,11 @@ pub(crate) async fn stream_reader<R, D, O>(
                 _ = token.cancelled() => return,
                 r = read => r.map_err(Error::from),
             },
+            // Boxed: rare, and its timer would otherwise enlarge every idle reader.
             Some(t) => tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
-                r = tokio::time::timeout(t, read) => match r {
+                r = Box::pin(tokio::time::timeout(t, read)) => match r {
                     Ok(r) => r.map_err(Error::from),
                     Err(_) => Err(Error::ReadTimeout(t)),
                 },
@@ -189,6 +190,16 @@ async fn guarded<F: Future<Output = Result<(), Error>>>(
     if let Poll::Ready(r) = first {
         return r;
     }
+    // The slow path (timer + forced-shutdown watch) is boxed: it is rare, and keeping its
+    // state inline would make every idle session's handler larger.
+    Box::pin(wait_bounded(fut, limit, force)).await
+}
+
+async fn wait_bounded<F: Future<Output = Result<(), Error>>>(
+    mut fut: Pin<&mut F>,
+    limit: Option<Duration>,
+    force: &CancellationToken,
+) -> Result<(), Error> {
     let timed = async {
         match limit {
             Some(t) => tokio::time::timeout(t, fut.as_mut())
@@ -330,10 +341,10 @@ pub(crate) struct Parts<L: EventListener, C> {
 /// the write side shut down, and `on_close` runs once.
 ///
 /// Returns `Err` only when `on_open` refused the session.
-pub(crate) async fn drive<L, C, S, R>(
+pub(crate) async fn drive<L, C, S, R, RF>(
     parts: Parts<L, C>,
     mut sink: S,
-    reader: Option<R>,
+    reader: Option<RF>,
     cfg: &SessionConfig,
     force: &CancellationToken,
     on_live: impl FnOnce(&Session<L::Out>),
@@ -343,6 +354,9 @@ where
     C: Codec<L::In, L::Out>,
     S: FrameSink,
     R: Future<Output = ()> + Send + 'static,
+    // The reader is made only when it is spawned, so its (large) state is not kept in the
+    // handler's.
+    RF: FnOnce() -> R,
 {
     let Parts {
         mut listener,
@@ -357,7 +371,7 @@ where
         sink.shutdown().await;
         return Err(e);
     }
-    let reader = reader.map(tokio::spawn);
+    let reader = reader.map(|make| tokio::spawn(make()));
     on_live(&session);
     tracing::trace!(session = session.id(), peer = %session.peer_addr(), transport = %session.transport(), "session open");
 

@@ -51,9 +51,23 @@ pub struct ServerBuilder<L, C, F> {
     binds: Vec<Result<Endpoint, Error>>,
     cfg: SessionConfig,
     max_sessions: usize,
+    backlog: u32,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
     _listener: PhantomData<fn() -> L>,
+}
+
+/// A listening TCP socket with address reuse and the given accept backlog (tokio's
+/// `TcpListener::bind` uses 128, too few for bursts of connections).
+fn listen(addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(backlog)?)
 }
 
 impl Server {
@@ -71,6 +85,7 @@ impl Server {
             binds: Vec::new(),
             cfg: SessionConfig::default(),
             max_sessions: 100_000,
+            backlog: 1024,
             #[cfg(feature = "tls")]
             tls: None,
             _listener: PhantomData,
@@ -186,6 +201,13 @@ where
         self
     }
 
+    /// The accept backlog of TCP and WebSocket listeners (the kernel caps it at
+    /// `net.core.somaxconn`). Default 1024.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
     /// Binds every address and starts serving.
     pub async fn start(self) -> Result<Server, Error> {
         self.cfg.validate()?;
@@ -238,6 +260,7 @@ where
             tls,
             _listener: PhantomData,
         });
+        let backlog = self.backlog;
         let mut endpoints = Vec::with_capacity(binds.len());
         for ep in binds {
             let addr = ep.resolve().await?;
@@ -248,7 +271,7 @@ where
                 ctl.tracker
                     .spawn(udp_dispatch(socket, local, shared.clone()));
             } else {
-                let listener = TcpListener::bind(addr).await?;
+                let listener = listen(addr, backlog)?;
                 let local = listener.local_addr()?;
                 let bound = Endpoint::from_addr(ep.transport(), local, ep.path());
                 endpoints.push(bound.clone());
@@ -344,7 +367,8 @@ where
         Io::Tcp(stream)
     } else {
         let limit = cfg.handshake_timeout;
-        let handshake = handshake(stream, transport, path, shared);
+        // Boxed: TLS and WebSocket handshake state is large and needed only briefly.
+        let handshake = Box::pin(handshake(stream, transport, path, shared));
         tokio::select! {
             _ = shared.sessions.cancelled() => return Ok(()),
             r = tokio::time::timeout(limit, handshake) => r.map_err(|_| Error::HandshakeTimeout(limit))??,
@@ -471,7 +495,7 @@ async fn udp_dispatch<L, C, F>(
             shared.tracker.spawn(async move {
                 let _permit = permit;
                 let cfg = &shared2.udp_cfg;
-                let none = None::<std::future::Ready<()>>;
+                let none = None::<fn() -> std::future::Ready<()>>;
                 let _ = drive(parts, sink, none, cfg, &shared2.force, |_| {}).await;
                 let _ = gone.send((addr, id));
             });
