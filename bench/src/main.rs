@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p qsocket-bench --release -- echo [--secs S] [--inflight N]
 //! cargo run -p qsocket-bench --release -- idle [--sessions N]
+//! cargo run -p qsocket-bench --release -- rpc  [--secs S]
 //! cargo run -p qsocket-bench --release -- all  [--secs S] [--inflight N] [--sessions N]
 //! ```
 //!
@@ -14,7 +15,9 @@
 //! * `idle`: server memory per idle TCP session. A child process (this program, hidden
 //!   subcommand `idle-server`) runs a qsocket TCP echo server; this process opens N plain TCP
 //!   connections to it, does one echo on each, and compares the child's RSS before and after.
-//! * `all`: both, then a Markdown table for the README.
+//! * `rpc [--secs S]`: unary echo calls through the RPC API per transport and codec at 1, 32
+//!   and 256 calls in flight on one connection (see `rpc.rs`).
+//! * `all`: everything, then Markdown tables for the README.
 //!
 //! Progress goes to stderr, results to stdout.
 
@@ -30,6 +33,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::LengthDelimitedCodec;
 
+mod rpc;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Payload size of every echo message (the length prefix comes on top).
@@ -41,10 +46,9 @@ const UDP_TIMEOUT: Duration = Duration::from_millis(200);
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound of messages one sender task sends, whatever the duration.
 const MAX_PER_TASK: u64 = 100_000_000;
-/// Connections opened at once by `idle`. Below the server's listen backlog, or the kernel
-/// drops SYNs and connects stall for a 1 s retransmit: qsocket's listener comes from
-/// `tokio::net::TcpListener::bind`, whose backlog (mio 1.x) is 128, not 1,024.
-const BATCH: usize = 100;
+/// Connections opened at once by `idle`: below the server's listen backlog (1,024), or the
+/// kernel drops SYNs and connects stall for a 1 s retransmit.
+const BATCH: usize = 500;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +67,9 @@ fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "echo" => cmd_echo(&opts).map(|rows| print!("{}", echo_table(&rows))),
         "idle" => cmd_idle(&opts).map(|r| println!("{}", r.line())),
+        "rpc" => {
+            rpc::cmd_rpc(opts.secs, &[1, 32, 256]).map(|rows| print!("{}", rpc::rpc_table(&rows)))
+        }
         "all" => cmd_all(&opts),
         "idle-server" => idle_server(),
         "-h" | "--help" | "help" => {
@@ -84,6 +91,7 @@ fn usage() {
     eprintln!(
         "usage: qsocket-bench echo [--secs S] [--inflight N]\n       \
          qsocket-bench idle [--sessions N]\n       \
+         qsocket-bench rpc  [--secs S]\n       \
          qsocket-bench all  [--secs S] [--inflight N] [--sessions N]"
     );
 }
@@ -558,6 +566,7 @@ fn cmd_idle(opts: &Opts) -> Result<IdleResult, Error> {
 
 fn cmd_all(opts: &Opts) -> Result<(), Error> {
     let rows = cmd_echo(opts)?;
+    let rpc_rows = rpc::cmd_rpc(opts.secs, &[1, 32, 256])?;
     let idle = cmd_idle(opts)?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -579,6 +588,13 @@ fn cmd_all(opts: &Opts) -> Result<(), Error> {
     );
     println!();
     print!("{}", echo_table(&rows));
+    println!();
+    println!(
+        "RPC unary echo (64-byte payload) through the public API, one connection; server and \
+         client each on its own thread with a one-thread runtime:"
+    );
+    println!();
+    print!("{}", rpc::rpc_table(&rpc_rows));
     println!();
     println!("{}", idle.line());
     Ok(())
