@@ -1,6 +1,7 @@
 //! qsocket in one page: an echo server on TCP, UDP and WebSocket at once, a client per
 //! transport that sends a few messages and a heartbeat from `on_cron`, session counters, and a
-//! graceful shutdown. Self-contained (everything on 127.0.0.1, ports picked by the system);
+//! graceful shutdown; then an RPC service called over the same three transports, in both codecs,
+//! with an error status and a deadline. Self-contained (everything on 127.0.0.1, ports picked by the system);
 //! finishes by itself in about a second.
 //!
 //! ```text
@@ -8,6 +9,7 @@
 //! ```
 
 use bytes::{Bytes, BytesMut};
+use qsocket::rpc::{CallContext, Codec, Router, RpcClient, RpcServer, Service, Status};
 use qsocket::session::{Client, Ctx, EventListener, Server, Session, Transport};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -188,11 +190,96 @@ async fn run() -> Result<(), Error> {
     Ok(())
 }
 
+/// The request of `demo.Greeter/Hello`: a prost message that also has serde, so it travels as
+/// protobuf or JSON.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// The response of `demo.Greeter/Hello`.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+/// RPC: one service on three transports; calls in both codecs, an error, a deadline.
+async fn rpc_demo() -> Result<(), Error> {
+    let greeter = Service::new("demo.Greeter")
+        .unary("Hello", |req: HelloRequest, ctx: CallContext| async move {
+            if req.name.is_empty() {
+                return Err(Status::invalid_argument("name must not be empty"));
+            }
+            Ok(HelloReply {
+                message: format!("hello, {} (from {})", req.name, ctx.peer_addr()),
+            })
+        })
+        .unary("Sleep", |ms: u64, _ctx: CallContext| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Status>(ms)
+        });
+    let server = RpcServer::builder(Router::new().add_service(greeter))
+        .bind("tcp://127.0.0.1:0")
+        .bind("udp://127.0.0.1:0")
+        .bind("ws://127.0.0.1:0/rpc")
+        .start()
+        .await?;
+    for ep in server.local_endpoints() {
+        let client = RpcClient::builder()
+            .endpoint(&ep.to_string())
+            .timeout(WAIT)
+            .start()
+            .await?;
+        let req = HelloRequest {
+            name: "quickstart".into(),
+        };
+        let pb: HelloReply = client.call("demo.Greeter", "Hello", &req).await?;
+        let json: HelloReply = client
+            .request("demo.Greeter", "Hello")
+            .codec(Codec::Json)
+            .call(&req)
+            .await?;
+        println!(
+            "rpc {ep}: protobuf -> {:?}, json -> {:?}",
+            pb.message, json.message
+        );
+        let err = client
+            .call::<_, HelloReply>("demo.Greeter", "Hello", &HelloRequest::default())
+            .await
+            .err()
+            .ok_or("an empty name must be refused")?;
+        let late = client
+            .request("demo.Greeter", "Sleep")
+            .timeout(Duration::from_millis(50))
+            .call::<_, u64>(&500u64)
+            .await
+            .err()
+            .ok_or("a 500 ms sleep must miss a 50 ms deadline")?;
+        println!("rpc {ep}: empty name -> {err}; 500 ms sleep, 50 ms deadline -> {late}");
+        client.close().await;
+    }
+    timeout(
+        Duration::from_secs(6),
+        server.shutdown(Duration::from_secs(5)),
+    )
+    .await
+    .map_err(|_| "the rpc server did not shut down in time")?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match timeout(Duration::from_secs(30), run()).await {
+    let all = async {
+        run().await?;
+        rpc_demo().await
+    };
+    match timeout(Duration::from_secs(30), all).await {
         Ok(Ok(())) => {
-            println!("quickstart: all transports OK");
+            println!("quickstart: all transports OK (sessions and rpc)");
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {

@@ -488,6 +488,11 @@ impl EventListener for RpcServerListener {
         Ok(())
     }
 
+    async fn on_error(&mut self, session: &Session<Bytes>, err: &Error) {
+        // Malformed input from a peer (bad magic, version, lengths) ends its session: say why.
+        tracing::warn!(session = session.id(), peer = %session.peer_addr(), error = %err, "rpc session error");
+    }
+
     async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
         match frame.kind {
             kind::REQUEST | kind::ONEWAY => self.start(ctx, frame).await,
