@@ -33,7 +33,41 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::LengthDelimitedCodec;
 
+mod compare;
+mod impl_baseline;
+mod impl_qsocket;
+mod impl_tarpc;
+mod impl_tonic;
 mod rpc;
+
+/// Heap allocations of this process (every `alloc` and `realloc`), for allocations per call.
+pub(crate) static ALLOCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The system allocator, counting.
+struct Counting;
+
+#[allow(unsafe_code)]
+// SAFETY: forwards every call unchanged to the system allocator.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -71,6 +105,26 @@ fn main() -> ExitCode {
             rpc::cmd_rpc(opts.secs, &[1, 32, 256]).map(|rows| print!("{}", rpc::rpc_table(&rows)))
         }
         "all" => cmd_all(&opts),
+        "compare" => opts
+            .imps()
+            .and_then(|imps| compare::cmd_compare(&imps, &opts.ns, opts.secs, opts.rounds))
+            .map(|t| print!("{t}")),
+        "compare-idle" => opts
+            .imps()
+            .and_then(|imps| compare::cmd_compare_idle(&imps, opts.sessions))
+            .map(|t| print!("{t}")),
+        "serve" => opts
+            .pos(0)
+            .and_then(compare::Imp::parse)
+            .and_then(compare::serve_main),
+        "load" => (|| {
+            compare::load_main(
+                compare::Imp::parse(opts.pos(0)?)?,
+                opts.pos(1)?,
+                opts.pos(2)?.parse()?,
+                opts.pos(3)?.parse()?,
+            )
+        })(),
         "idle-server" => idle_server(),
         "-h" | "--help" | "help" => {
             usage();
@@ -100,14 +154,36 @@ struct Opts {
     secs: u64,
     inflight: usize,
     sessions: usize,
+    rounds: usize,
+    ns: Vec<usize>,
+    impls: Option<String>,
+    positional: Vec<String>,
 }
 
 impl Opts {
+    fn pos(&self, i: usize) -> Result<&str, Error> {
+        self.positional
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing argument {}", i + 1).into())
+    }
+
+    fn imps(&self) -> Result<Vec<compare::Imp>, Error> {
+        match &self.impls {
+            None => Ok(compare::Imp::ALL.to_vec()),
+            Some(list) => list.split(',').map(compare::Imp::parse).collect(),
+        }
+    }
+
     fn parse(args: &[String]) -> Result<Self, Error> {
         let mut o = Opts {
             secs: 3,
             inflight: 32,
             sessions: 10_000,
+            rounds: 3,
+            ns: vec![1, 32, 256],
+            impls: None,
+            positional: Vec::new(),
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -120,6 +196,15 @@ impl Opts {
                 "--secs" => o.secs = value()?.parse()?,
                 "--inflight" => o.inflight = value()?.parse()?,
                 "--sessions" => o.sessions = value()?.parse()?,
+                "--rounds" => o.rounds = value()?.parse()?,
+                "--n" => {
+                    o.ns = value()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?
+                }
+                "--impls" => o.impls = Some(value()?),
+                f if !f.starts_with("--") => o.positional.push(f.to_string()),
                 _ => return Err(format!("unknown option {flag:?}").into()),
             }
         }
@@ -376,7 +461,7 @@ impl IdleResult {
 
 /// Raises the soft limit of open files to the hard limit; returns the new soft limit.
 #[allow(unsafe_code)] // two plain libc calls on a local struct
-fn raise_nofile() -> libc::rlim_t {
+pub(crate) fn raise_nofile() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

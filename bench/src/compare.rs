@@ -1,0 +1,485 @@
+//! `compare`: the side-by-side harness. Every implementation serves the same unary echo (64-byte
+//! payload) over 127.0.0.1; the server and the client are separate processes (this program's
+//! hidden `serve` and `load` subcommands), each on a one-thread tokio runtime and, where
+//! `taskset` exists, pinned to its own core (server: CPU 0, client: CPU 1). ONE connection;
+//! N caller tasks each loop `call().await`; 1 s warm-up, S s measured; rounds alternate the
+//! implementations for each N, so a noisy machine hits all alike. Reported: median calls/s,
+//! p50, p99, the ratio to the baseline of the same round, each process's CPU use, and heap
+//! allocations per call on each side (a counting global allocator).
+//!
+//! `compare-idle`: server RSS growth over 10,000 idle connections (one call on each first),
+//! per connection.
+
+use crate::{impl_baseline, impl_qsocket, Error, ALLOCS};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use qsocket::rpc::Codec;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// An implementation under test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Imp {
+    /// qsocket RPC over a transport with a codec.
+    Qsocket(&'static str, Codec),
+    /// The hand-written limit.
+    Baseline,
+    /// tarpc (bincode over TCP).
+    Tarpc,
+    /// tonic (gRPC over HTTP/2).
+    Tonic,
+}
+
+impl Imp {
+    /// Every implementation, in report order.
+    pub const ALL: [Imp; 7] = [
+        Imp::Baseline,
+        Imp::Qsocket("tcp", Codec::Protobuf),
+        Imp::Qsocket("tcp", Codec::Json),
+        Imp::Qsocket("udp", Codec::Protobuf),
+        Imp::Qsocket("ws", Codec::Protobuf),
+        Imp::Tarpc,
+        Imp::Tonic,
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Imp::Qsocket("tcp", Codec::Protobuf) => "qsocket",
+            Imp::Qsocket("tcp", Codec::Json) => "qsocket-json",
+            Imp::Qsocket("udp", _) => "qsocket-udp",
+            Imp::Qsocket(_, _) => "qsocket-ws",
+            Imp::Baseline => "baseline",
+            Imp::Tarpc => "tarpc",
+            Imp::Tonic => "tonic",
+        }
+    }
+
+    /// The implementation named `s`.
+    pub fn parse(s: &str) -> Result<Imp, Error> {
+        Imp::ALL
+            .into_iter()
+            .find(|i| i.name() == s)
+            .ok_or_else(|| format!("unknown implementation {s:?}").into())
+    }
+}
+
+fn one_thread() -> Result<tokio::runtime::Runtime, Error> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// CPU time of this process (user + system), in microseconds.
+pub fn cpu_us() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage fills the struct we own.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A client of any implementation.
+#[derive(Clone)]
+enum AnyClient {
+    Qsocket(impl_qsocket::Client),
+    Baseline(impl_baseline::Client),
+    Tarpc(crate::impl_tarpc::Client),
+    Tonic(crate::impl_tonic::Client),
+}
+
+impl AnyClient {
+    async fn connect(imp: Imp, addr: &str) -> Result<AnyClient, Error> {
+        Ok(match imp {
+            Imp::Qsocket(_, codec) => {
+                AnyClient::Qsocket(impl_qsocket::Client::connect(addr, codec).await?)
+            }
+            Imp::Baseline => {
+                AnyClient::Baseline(impl_baseline::Client::connect(addr.parse()?).await?)
+            }
+            Imp::Tarpc => {
+                AnyClient::Tarpc(crate::impl_tarpc::Client::connect(addr.parse()?).await?)
+            }
+            Imp::Tonic => {
+                AnyClient::Tonic(crate::impl_tonic::Client::connect(addr.parse()?).await?)
+            }
+        })
+    }
+
+    async fn call(&self, payload: Bytes) -> Result<Bytes, Error> {
+        match self {
+            AnyClient::Qsocket(c) => c.call(payload).await,
+            AnyClient::Baseline(c) => c.call(payload).await,
+            AnyClient::Tarpc(c) => c.call(payload).await,
+            AnyClient::Tonic(c) => c.call(payload).await,
+        }
+    }
+}
+
+/// `serve IMP`: runs a server, prints `ADDR <address>`, answers `stats` lines on stdin with
+/// `STATS allocs=… cpu_us=… rss_kib=…`, exits at end of input.
+pub fn serve_main(imp: Imp) -> Result<(), Error> {
+    let rt = one_thread()?;
+    rt.block_on(async move {
+        let mut _keep = None;
+        let addr = match imp {
+            Imp::Qsocket(t, _) => {
+                let url = match t {
+                    "ws" => "ws://127.0.0.1:0/rpc".to_string(),
+                    t => format!("{t}://127.0.0.1:0"),
+                };
+                let server = impl_qsocket::serve(&url).await?;
+                let ep = server.local_endpoints()[0].to_string();
+                _keep = Some(server);
+                ep
+            }
+            other => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let addr = listener.local_addr()?.to_string();
+                tokio::spawn(async move {
+                    let r = match other {
+                        Imp::Baseline => impl_baseline::serve(listener).await,
+                        Imp::Tarpc => crate::impl_tarpc::serve(listener).await,
+                        _ => crate::impl_tonic::serve(listener).await,
+                    };
+                    if let Err(e) = r {
+                        eprintln!("serve: {e}");
+                    }
+                });
+                addr
+            }
+        };
+        println!("ADDR {addr}");
+        std::io::stdout().flush()?;
+        std::thread::spawn(|| {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == "stats" {
+                    println!(
+                        "STATS allocs={} cpu_us={} rss_kib={}",
+                        ALLOCS.load(Ordering::Relaxed),
+                        cpu_us(),
+                        rss_kib()
+                    );
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            std::process::exit(0);
+        });
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// `load IMP ADDR N SECS`: N callers on one connection; prints `MEASURE_START`, `MEASURE_END`
+/// and `RESULT …` lines.
+pub fn load_main(imp: Imp, addr: &str, n: usize, secs: u64) -> Result<(), Error> {
+    let rt = one_thread()?;
+    rt.block_on(async move {
+        let client = AnyClient::connect(imp, addr).await?;
+        let payload = Bytes::from(vec![7u8; 64]);
+        let warm_end = Instant::now() + Duration::from_secs(1);
+        let end = warm_end + Duration::from_secs(secs);
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let client = client.clone();
+                let payload = payload.clone();
+                tokio::spawn(async move {
+                    let mut hist =
+                        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+                    let (mut done, mut errors) = (0u64, 0u64);
+                    for _ in 0..100_000_000u64 {
+                        let t0 = Instant::now();
+                        if t0 >= end {
+                            break;
+                        }
+                        let r = client.call(payload.clone()).await;
+                        let ok = matches!(&r, Ok(p) if p.len() == 64);
+                        if t0 >= warm_end {
+                            if ok {
+                                done += 1;
+                                let _ = hist.record(t0.elapsed().as_nanos() as u64);
+                            } else {
+                                errors += 1;
+                            }
+                        }
+                    }
+                    (hist, done, errors)
+                })
+            })
+            .collect();
+        tokio::time::sleep_until(warm_end.into()).await;
+        let (a0, c0) = (ALLOCS.load(Ordering::Relaxed), cpu_us());
+        println!("MEASURE_START");
+        std::io::stdout().flush()?;
+        tokio::time::sleep_until(end.into()).await;
+        let (a1, c1) = (ALLOCS.load(Ordering::Relaxed), cpu_us());
+        println!("MEASURE_END");
+        std::io::stdout().flush()?;
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+        let (mut done, mut errors) = (0u64, 0u64);
+        for t in tasks {
+            let (h, d, e) = t.await?;
+            hist.add(&h)?;
+            done += d;
+            errors += e;
+        }
+        println!(
+            "RESULT calls={done} errors={errors} p50_ns={} p99_ns={} allocs={} cpu_us={}",
+            hist.value_at_quantile(0.5),
+            hist.value_at_quantile(0.99),
+            a1 - a0,
+            c1 - c0
+        );
+        Ok(())
+    })
+}
+
+fn spawn_self(cpu: Option<u32>, args: &[String]) -> Result<Child, Error> {
+    let exe = std::env::current_exe()?;
+    let taskset = cpu.filter(|_| Command::new("taskset").arg("-V").output().is_ok());
+    let mut cmd = match taskset {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(&exe);
+            cmd
+        }
+        None => Command::new(&exe),
+    };
+    Ok(cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?)
+}
+
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A started server process.
+struct ServerProc {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    addr: String,
+}
+
+impl ServerProc {
+    fn start(imp: Imp, cpu: Option<u32>) -> Result<ServerProc, Error> {
+        let mut child = spawn_self(cpu, &["serve".into(), imp.name().into()])?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let addr = line
+            .strip_prefix("ADDR ")
+            .ok_or_else(|| format!("server said {line:?}"))?
+            .trim()
+            .to_string();
+        Ok(ServerProc { child, out, addr })
+    }
+
+    /// `(allocs, cpu_us, rss_kib)`.
+    fn stats(&mut self) -> Result<(u64, u64, u64), Error> {
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        stdin.write_all(b"stats\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        Ok((
+            field(&line, "allocs"),
+            field(&line, "cpu_us"),
+            field(&line, "rss_kib"),
+        ))
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Point {
+    calls_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+    client_cpu: f64,
+    server_cpu: f64,
+    client_allocs: f64,
+    server_allocs: f64,
+}
+
+fn run_point(imp: Imp, n: usize, secs: u64) -> Result<Point, Error> {
+    let mut server = ServerProc::start(imp, Some(0))?;
+    let mut client = spawn_self(
+        Some(1),
+        &[
+            "load".into(),
+            imp.name().into(),
+            server.addr.clone(),
+            n.to_string(),
+            secs.to_string(),
+        ],
+    )?;
+    let out = BufReader::new(client.stdout.take().ok_or("no stdout")?);
+    let (mut s0, mut s1) = ((0, 0, 0), (0, 0, 0));
+    let mut result = None;
+    for line in out.lines() {
+        let line = line?;
+        match line.as_str() {
+            "MEASURE_START" => s0 = server.stats()?,
+            "MEASURE_END" => s1 = server.stats()?,
+            l if l.starts_with("RESULT") => result = Some(l.to_string()),
+            _ => {}
+        }
+    }
+    let status = client.wait()?;
+    server.stop();
+    let r =
+        result.ok_or_else(|| format!("{} x{n}: the load process failed ({status})", imp.name()))?;
+    let calls = field(&r, "calls").max(1) as f64;
+    let window = secs as f64 * 1e6;
+    Ok(Point {
+        calls_per_sec: calls / secs as f64,
+        p50_us: field(&r, "p50_ns") as f64 / 1000.0,
+        p99_us: field(&r, "p99_ns") as f64 / 1000.0,
+        errors: field(&r, "errors"),
+        client_cpu: 100.0 * field(&r, "cpu_us") as f64 / window,
+        server_cpu: 100.0 * (s1.1.saturating_sub(s0.1)) as f64 / window,
+        client_allocs: field(&r, "allocs") as f64 / calls,
+        server_allocs: (s1.0.saturating_sub(s0.0)) as f64 / calls,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs the comparison and returns the Markdown report.
+pub fn cmd_compare(imps: &[Imp], ns: &[usize], secs: u64, rounds: usize) -> Result<String, Error> {
+    // results[n][imp] = points of every round
+    let mut results: Vec<Vec<Vec<Point>>> = vec![vec![Vec::new(); imps.len()]; ns.len()];
+    for round in 1..=rounds {
+        for (ni, &n) in ns.iter().enumerate() {
+            for (ii, &imp) in imps.iter().enumerate() {
+                eprintln!("round {round}/{rounds}: {} x{n} ...", imp.name());
+                let p = run_point(imp, n, secs)?;
+                eprintln!(
+                    "  {:.0} calls/s, p50 {:.1} µs, p99 {:.1} µs, cpu client {:.0}% server {:.0}%, allocs/call client {:.2} server {:.2}, errors {}",
+                    p.calls_per_sec, p.p50_us, p.p99_us, p.client_cpu, p.server_cpu, p.client_allocs, p.server_allocs, p.errors
+                );
+                results[ni][ii].push(p);
+            }
+        }
+    }
+    let base = imps.iter().position(|i| *i == Imp::Baseline);
+    let mut out = String::new();
+    for (ni, &n) in ns.iter().enumerate() {
+        out.push_str(&format!(
+            "\n**{n} in flight**\n\n| implementation | calls/s | × baseline | p50 µs | × baseline | p99 µs | CPU client / server | allocs/call client / server | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        ));
+        for (ii, imp) in imps.iter().enumerate() {
+            let pts = &results[ni][ii];
+            let ratio = |f: fn(&Point) -> f64| {
+                base.map(|b| {
+                    median(
+                        pts.iter()
+                            .zip(&results[ni][b])
+                            .map(|(p, q)| f(p) / f(q).max(f64::MIN_POSITIVE))
+                            .collect(),
+                    )
+                })
+                .unwrap_or(f64::NAN)
+            };
+            let m = |f: fn(&Point) -> f64| median(pts.iter().map(f).collect());
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.2} | {:.1} | {:.2} | {:.1} | {:.0}% / {:.0}% | {:.2} / {:.2} | {} |\n",
+                imp.name(),
+                m(|p| p.calls_per_sec),
+                ratio(|p| p.calls_per_sec),
+                m(|p| p.p50_us),
+                ratio(|p| p.p50_us),
+                m(|p| p.p99_us),
+                m(|p| p.client_cpu),
+                m(|p| p.server_cpu),
+                m(|p| p.client_allocs),
+                m(|p| p.server_allocs),
+                pts.iter().map(|p| p.errors).sum::<u64>(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Server RSS growth per idle connection, for each implementation.
+pub fn cmd_compare_idle(imps: &[Imp], sessions: usize) -> Result<String, Error> {
+    crate::raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut out =
+        String::from("\n| implementation | server RSS per idle connection |\n| --- | ---: |\n");
+    for &imp in imps {
+        if matches!(imp, Imp::Qsocket("udp", _)) {
+            continue; // UDP has no connections
+        }
+        let mut server = ServerProc::start(imp, None)?;
+        let before = server.stats()?.2;
+        let addr = server.addr.clone();
+        let held = rt.block_on(async {
+            let mut held = Vec::with_capacity(sessions);
+            while held.len() < sessions {
+                let batch = 500.min(sessions - held.len());
+                let conns = (0..batch).map(|_| async {
+                    let c = AnyClient::connect(imp, &addr).await?;
+                    c.call(Bytes::from_static(b"one call")).await?;
+                    Ok::<_, Error>(c)
+                });
+                for c in futures_util::future::join_all(conns).await {
+                    held.push(c?);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<_, Error>(held)
+        })?;
+        let after = server.stats()?.2;
+        let per = (after.saturating_sub(before)) as f64 / sessions as f64;
+        eprintln!(
+            "idle {}: {before} KiB -> {after} KiB over {sessions}: {per:.2} KiB each",
+            imp.name()
+        );
+        out.push_str(&format!("| {} | {per:.2} KiB |\n", imp.name()));
+        drop(held);
+        server.stop();
+    }
+    Ok(out)
+}
