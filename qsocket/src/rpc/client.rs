@@ -347,6 +347,9 @@ impl RpcClient {
     /// A live connection, waiting for one until `deadline`.
     async fn conn(&self, deadline: Instant) -> Result<Conn, Status> {
         let pool = &self.inner.pool;
+        if let Some(c) = pool.pick() {
+            return Ok(c);
+        }
         loop {
             let changed = pool.changed.notified();
             tokio::pin!(changed);

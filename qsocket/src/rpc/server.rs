@@ -93,10 +93,42 @@ where
     }
 }
 
+/// A fast hasher for the names and ids the server looks up on every request (FxHash's
+/// multiply-rotate). Service and method maps hold only configured names (a peer's names are
+/// looked up, never inserted); the per-session map of request ids holds at most
+/// `max_in_flight` entries, so chosen colliding ids cannot make it grow or cost more than that.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(26) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(26) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(26) ^ n).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// One service: a name and its methods.
 pub struct Service {
     name: String,
-    methods: HashMap<Box<[u8]>, Arc<dyn Handler>>,
+    methods: FxMap<Box<[u8]>, Arc<dyn Handler>>,
 }
 
 impl Service {
@@ -104,7 +136,7 @@ impl Service {
     pub fn new(name: impl Into<String>) -> Self {
         Service {
             name: name.into(),
-            methods: HashMap::new(),
+            methods: FxMap::default(),
         }
     }
 
@@ -140,7 +172,7 @@ impl Service {
 /// The services a server offers, by name.
 #[derive(Default)]
 pub struct Router {
-    services: HashMap<Box<[u8]>, Service>,
+    services: FxMap<Box<[u8]>, Service>,
 }
 
 impl Router {
@@ -383,7 +415,7 @@ fn error_frame_into(buf: &mut BytesMut, h: &mut Header<'_>, st: &Status) {
 struct RpcServerListener {
     shared: Arc<Shared>,
     in_flight: FuturesUnordered<Abortable<InFlight>>,
-    aborts: HashMap<u64, AbortHandle>,
+    aborts: FxMap<u64, AbortHandle>,
     limit: usize,
     goaway_sent: bool,
 }
@@ -394,7 +426,7 @@ impl RpcServerListener {
         RpcServerListener {
             shared,
             in_flight: FuturesUnordered::new(),
-            aborts: HashMap::new(),
+            aborts: FxMap::default(),
             limit,
             goaway_sent: false,
         }

@@ -5,6 +5,7 @@ use super::endpoint::Transport;
 use super::handle::Session;
 use super::io::StreamSink;
 use super::listener::EventListener;
+use super::queue;
 use super::runtime::{drive, stream_reader, Parts, ReadLimits};
 use super::udp::{datagram_reader, UdpSink};
 use super::Codec;
@@ -12,7 +13,6 @@ use crate::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The transport-specific half of a connection.
@@ -50,7 +50,7 @@ where
 {
     let (session, outbound) =
         Session::new(conn.transport, conn.local, conn.peer, cfg.send_queue, token);
-    let (tx, inbound) = mpsc::channel(cfg.recv_queue);
+    let (tx, inbound) = queue::channel(cfg.recv_queue);
     let limits = ReadLimits::from(cfg);
     let parts = Parts {
         listener,

@@ -1,6 +1,7 @@
 //! The [`Session`] handle: identity, sending, closing, active time, counters, attributes.
 
 use super::endpoint::Transport;
+use super::queue;
 use crate::Error;
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -8,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -49,7 +49,7 @@ struct Inner<O> {
     transport: Transport,
     local: SocketAddr,
     peer: SocketAddr,
-    tx: mpsc::Sender<O>,
+    tx: queue::Sender<O>,
     closed: AtomicBool,
     token: CancellationToken,
     pub(crate) stats: Stats,
@@ -141,8 +141,8 @@ impl<O> Session<O> {
         peer: SocketAddr,
         queue: usize,
         token: CancellationToken,
-    ) -> (Self, mpsc::Receiver<O>) {
-        let (tx, rx) = mpsc::channel(queue);
+    ) -> (Self, queue::Receiver<O>) {
+        let (tx, rx) = queue::channel(queue);
         let stats = Stats::default();
         stats.touch();
         let inner = Inner {
@@ -210,8 +210,8 @@ impl<O> Session<O> {
             return Err(TrySendError::Closed(msg));
         }
         self.inner.tx.try_send(msg).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(m) => TrySendError::Full(m),
-            mpsc::error::TrySendError::Closed(m) => TrySendError::Closed(m),
+            queue::TrySendError::Full(m) => TrySendError::Full(m),
+            queue::TrySendError::Closed(m) => TrySendError::Closed(m),
         })
     }
 
@@ -336,7 +336,7 @@ impl<O> fmt::Debug for Session<O> {
 mod tests {
     use super::*;
 
-    fn session() -> (Session<u32>, mpsc::Receiver<u32>) {
+    fn session() -> (Session<u32>, queue::Receiver<u32>) {
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         Session::new(Transport::Tcp, a, a, 2, CancellationToken::new())
     }

@@ -23,6 +23,7 @@ mod endpoint;
 mod handle;
 mod io;
 mod listener;
+mod queue;
 mod runtime;
 mod server;
 #[cfg(feature = "tls")]

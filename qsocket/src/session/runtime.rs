@@ -5,6 +5,7 @@ use super::config::SessionConfig;
 use super::handle::Session;
 use super::io::{FrameSink, ReadSource};
 use super::listener::{Ctx, EventListener};
+use super::queue;
 use super::Codec;
 use crate::Error;
 use bytes::BytesMut;
@@ -12,7 +13,6 @@ use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ impl From<&SessionConfig> for ReadLimits {
 pub(crate) async fn decode_all<D, O>(
     codec: &mut D,
     buf: &mut BytesMut,
-    tx: &mpsc::Sender<Inbound<D::Item>>,
+    tx: &queue::Sender<Inbound<D::Item>>,
     session: &Session<O>,
     eof: bool,
     read_at: u64,
@@ -94,7 +94,7 @@ where
 pub(crate) async fn stream_reader<R, D, O>(
     mut src: R,
     mut codec: D,
-    tx: mpsc::Sender<Inbound<D::Item>>,
+    tx: queue::Sender<Inbound<D::Item>>,
     session: Session<O>,
     limits: ReadLimits,
 ) where
@@ -332,8 +332,8 @@ pub(crate) struct Parts<L: EventListener, C> {
     pub(crate) listener: L,
     pub(crate) codec: C,
     pub(crate) session: Session<L::Out>,
-    pub(crate) outbound: mpsc::Receiver<L::Out>,
-    pub(crate) inbound: mpsc::Receiver<Inbound<L::In>>,
+    pub(crate) outbound: queue::Receiver<L::Out>,
+    pub(crate) inbound: queue::Receiver<Inbound<L::In>>,
 }
 
 /// Runs the handler of one session until it closes: `on_open`, then the reader is spawned, then
@@ -482,8 +482,8 @@ where
                 Some(m) => m,
                 None if !listener.accepts_messages() => break,
                 None => match inbound.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
+                    Some(m) => m,
+                    None => break,
                 },
             };
             handled += 1;
@@ -515,8 +515,8 @@ where
         // Gather what else is queued for sending, then write it all at once.
         while outbox.len() < BATCH {
             match outbound.try_recv() {
-                Ok(o) => outbox.push(o),
-                Err(_) => break,
+                Some(o) => outbox.push(o),
+                None => break,
             }
         }
         out.encode(&mut outbox, &sink, &mut errors);
@@ -544,7 +544,7 @@ where
     outbound.close();
     inbound.close();
     if can_write {
-        while let Ok(o) = outbound.try_recv() {
+        while let Some(o) = outbound.try_recv() {
             outbox.push(o);
         }
         out.encode(&mut outbox, &sink, &mut errors);

@@ -435,7 +435,7 @@ async fn handshake<L, C, F>(
 
 /// One UDP peer known to the dispatcher.
 struct Peer<I, O, C> {
-    tx: mpsc::Sender<Inbound<I>>,
+    tx: super::queue::Sender<Inbound<I>>,
     codec: C,
     session: Session<O>,
 }
@@ -482,7 +482,7 @@ async fn udp_dispatch<L, C, F>(
             let token = shared.sessions.child_token();
             let (session, outbound) =
                 Session::new(Transport::Udp, local, addr, cfg.send_queue, token);
-            let (tx, inbound) = mpsc::channel(cfg.recv_queue);
+            let (tx, inbound) = super::queue::channel(cfg.recv_queue);
             let parts = Parts {
                 listener: (shared.factory)(),
                 codec: shared.codec.clone(),

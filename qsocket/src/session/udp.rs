@@ -4,6 +4,7 @@
 
 use super::handle::Session;
 use super::io::FrameSink;
+use super::queue;
 use super::runtime::{decode_all, Inbound, ReadLimits};
 use crate::Error;
 use bytes::BytesMut;
@@ -11,7 +12,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 /// The largest UDP payload over IPv4.
@@ -70,7 +70,7 @@ impl FrameSink for UdpSink {
 pub(crate) fn decode_datagram<D>(
     codec: &mut D,
     mut buf: BytesMut,
-    tx: &mpsc::Sender<Inbound<D::Item>>,
+    tx: &queue::Sender<Inbound<D::Item>>,
     read_at: u64,
 ) -> (u64, u64, Option<Error>)
 where
@@ -85,8 +85,8 @@ where
         };
         match tx.try_send(Inbound::Msg(item, read_at)) {
             Ok(()) => frames += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
+            Err(queue::TrySendError::Full(_)) => dropped += 1,
+            Err(queue::TrySendError::Closed(_)) => break,
         }
     }
     (frames, dropped, None)
@@ -96,7 +96,7 @@ where
 pub(crate) async fn datagram_reader<D, O>(
     socket: Arc<UdpSocket>,
     mut codec: D,
-    tx: mpsc::Sender<Inbound<D::Item>>,
+    tx: queue::Sender<Inbound<D::Item>>,
     session: Session<O>,
     limits: ReadLimits,
 ) where

@@ -5,12 +5,12 @@
 use super::config::SessionConfig;
 use super::handle::Session;
 use super::io::{FrameSink, Stream};
+use super::queue;
 use super::runtime::{decode_all, Inbound, ReadLimits};
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -114,7 +114,7 @@ impl FrameSink for WsSink {
 pub(crate) async fn ws_reader<D, O>(
     mut stream: SplitStream<Ws>,
     mut codec: D,
-    tx: mpsc::Sender<Inbound<D::Item>>,
+    tx: queue::Sender<Inbound<D::Item>>,
     session: Session<O>,
     _limits: ReadLimits,
 ) where
