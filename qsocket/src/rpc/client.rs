@@ -44,38 +44,33 @@ impl Endpoints for StaticEndpoints {
 
 type Waiter = oneshot::Sender<Result<Frame, Status>>;
 
-/// The calls waiting for a response on one session.
+/// The calls waiting for a response, for all sessions to one endpoint. A response completes
+/// its call right where it is decoded, in the session's reader (see [`ClientCodec`]).
 pub(crate) struct Pending {
     inner: Mutex<Table>,
-    /// Set by a GOAWAY: no new calls on this session.
-    draining: AtomicBool,
-    /// UDP: caps the calls in flight (the rest wait for a permit).
-    permits: Option<Arc<Semaphore>>,
 }
 
 struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     len: usize,
-    closed: bool,
 }
 
 struct Slot {
     generation: u32,
     waiter: Option<Waiter>,
+    /// The session the request went out on.
+    session: u64,
 }
 
 impl Pending {
-    fn new(permits: Option<usize>) -> Self {
+    fn new() -> Self {
         Pending {
             inner: Mutex::new(Table {
                 slots: Vec::new(),
                 free: Vec::new(),
                 len: 0,
-                closed: false,
             }),
-            draining: AtomicBool::new(false),
-            permits: permits.map(|n| Arc::new(Semaphore::new(n))),
         }
     }
 
@@ -83,18 +78,16 @@ impl Pending {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a call; its id is `generation << 32 | slot`.
-    fn insert(&self, waiter: Waiter) -> Option<u64> {
+    /// Registers a call on `session`; its id is `generation << 32 | slot`.
+    fn insert(&self, waiter: Waiter, session: u64) -> u64 {
         let mut t = self.lock();
-        if t.closed {
-            return None;
-        }
         let index = match t.free.pop() {
             Some(i) => i,
             None => {
                 t.slots.push(Slot {
                     generation: 0,
                     waiter: None,
+                    session: 0,
                 });
                 (t.slots.len() - 1) as u32
             }
@@ -102,9 +95,10 @@ impl Pending {
         let slot = &mut t.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.waiter = Some(waiter);
+        slot.session = session;
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
         t.len += 1;
-        Some(id)
+        id
     }
 
     /// Takes the waiter of `id`, if it is still pending.
@@ -121,14 +115,23 @@ impl Pending {
         Some(w)
     }
 
-    /// Fails every pending call and refuses new ones.
-    fn close(&self, status: &Status) {
+    /// Fails every call pending on `session`.
+    fn fail_session(&self, session: u64, status: &Status) {
         let waiters: Vec<Waiter> = {
             let mut t = self.lock();
-            t.closed = true;
-            t.len = 0;
-            t.free.clear();
-            t.slots.drain(..).filter_map(|s| s.waiter).collect()
+            let mut taken = Vec::new();
+            let mut freed = Vec::new();
+            for (i, slot) in t.slots.iter_mut().enumerate() {
+                if slot.session == session {
+                    if let Some(w) = slot.waiter.take() {
+                        taken.push(w);
+                        freed.push(i as u32);
+                    }
+                }
+            }
+            t.len -= taken.len();
+            t.free.extend(freed);
+            taken
         };
         for w in waiters {
             let _ = w.send(Err(status.clone()));
@@ -140,11 +143,73 @@ impl Pending {
     }
 }
 
+/// The session codec of client connections: frames as [`FrameCodec`], except that a response
+/// completes its call at once, in the reader that decoded it, with no hand-off to another task.
+#[derive(Clone)]
+struct ClientCodec {
+    frames: FrameCodec,
+    pending: Arc<Pending>,
+}
+
+impl ClientCodec {
+    fn complete(&self, frame: Frame) -> Option<Frame> {
+        if frame.kind != kind::RESPONSE {
+            return Some(frame);
+        }
+        if let Some(w) = self.pending.take(frame.id) {
+            let _ = w.send(Ok(frame));
+        }
+        None
+    }
+}
+
+impl tokio_util::codec::Decoder for ClientCodec {
+    type Item = Frame;
+    type Error = super::frame::FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        while let Some(frame) = self.frames.decode(src)? {
+            if let Some(other) = self.complete(frame) {
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        while let Some(frame) = self.frames.decode_eof(src)? {
+            if let Some(other) = self.complete(frame) {
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl tokio_util::codec::Encoder<Bytes> for ClientCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        self.frames.encode(frame, dst)
+    }
+}
+
+/// What the call path and a connection's listener share about that connection.
+struct ConnState {
+    /// Set by a GOAWAY: no new calls on this connection.
+    draining: AtomicBool,
+    /// Calls in flight on this connection.
+    in_flight: AtomicUsize,
+    /// UDP: caps the calls in flight (the rest wait for a permit).
+    permits: Option<Arc<Semaphore>>,
+}
+
 /// A live connection as the call path sees it.
 #[derive(Clone)]
 struct Conn {
     session: Session<Bytes>,
     pending: Arc<Pending>,
+    state: Arc<ConnState>,
 }
 
 /// Connections of a client, shared with the listeners that add and remove them.
@@ -165,7 +230,7 @@ impl Pool {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| &live[(start + k) % n])
-            .find(|c| !c.session.is_closed() && !c.pending.draining.load(Ordering::Relaxed))
+            .find(|c| !c.session.is_closed() && !c.state.draining.load(Ordering::Relaxed))
             .cloned()
     }
 }
@@ -174,6 +239,7 @@ impl Pool {
 struct RpcClientListener {
     pool: Arc<Pool>,
     pending: Arc<Pending>,
+    state: Arc<ConnState>,
     heartbeat: Duration,
 }
 
@@ -185,6 +251,7 @@ impl EventListener for RpcClientListener {
         self.pool.lock().push(Conn {
             session: session.clone(),
             pending: self.pending.clone(),
+            state: self.state.clone(),
         });
         self.pool.changed.notify_waiters();
         Ok(())
@@ -192,11 +259,7 @@ impl EventListener for RpcClientListener {
 
     async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
         match frame.kind {
-            kind::RESPONSE => {
-                if let Some(w) = self.pending.take(frame.id) {
-                    let _ = w.send(Ok(frame));
-                }
-            }
+            // Responses are completed by the codec; heartbeat replies only prove life.
             kind::HEARTBEAT if frame.flags & super::frame::FLAG_REPLY == 0 => {
                 ctx.send(control_frame(
                     kind::HEARTBEAT,
@@ -206,15 +269,12 @@ impl EventListener for RpcClientListener {
             }
             kind::GOAWAY => {
                 tracing::debug!(session = ctx.session().id(), "server sent goaway");
-                self.pending.draining.store(true, Ordering::Relaxed);
-                if self.pending.len() == 0 {
+                self.state.draining.store(true, Ordering::Release);
+                if self.state.in_flight.load(Ordering::Acquire) == 0 {
                     ctx.close();
                 }
             }
             _ => {}
-        }
-        if self.pending.draining.load(Ordering::Relaxed) && self.pending.len() == 0 {
-            ctx.close();
         }
     }
 
@@ -226,8 +286,8 @@ impl EventListener for RpcClientListener {
 
     async fn on_close(&mut self, session: &Session<Bytes>) {
         self.pool.lock().retain(|c| c.session.id() != session.id());
-        self.pending
-            .close(&Status::unavailable("connection closed").with_sent(Sent::Maybe));
+        let status = Status::unavailable("connection closed").with_sent(Sent::Maybe);
+        self.pending.fail_session(session.id(), &status);
         self.pool.changed.notify_waiters();
     }
 }
@@ -275,7 +335,7 @@ pub struct RpcClient {
 struct Inner {
     pool: Arc<Pool>,
     cfg: RpcClientConfig,
-    clients: Mutex<Vec<(Endpoint, Client<Bytes>)>>,
+    clients: Mutex<Vec<(Endpoint, Client<Bytes>, Arc<Pending>)>>,
     closed: AtomicBool,
 }
 
@@ -330,7 +390,8 @@ impl RpcClient {
 
     /// Calls in flight on all sessions.
     pub fn in_flight(&self) -> usize {
-        self.inner.pool.lock().iter().map(|c| c.pending.len()).sum()
+        let clients = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.iter().map(|(_, _, p)| p.len()).sum()
     }
 
     /// Closes every session (calls pending on them fail) and stops reconnecting.
@@ -338,7 +399,7 @@ impl RpcClient {
         self.inner.closed.store(true, Ordering::Relaxed);
         let clients: Vec<_> =
             std::mem::take(&mut *self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()));
-        for (_, c) in clients {
+        for (_, c, _) in clients {
             c.close(Duration::from_secs(5)).await;
         }
         self.inner.pool.changed.notify_waiters();
@@ -491,16 +552,16 @@ async fn sync_endpoints(
         let mut clients = inner.clients.lock().unwrap_or_else(|p| p.into_inner());
         let (keep, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut *clients)
             .into_iter()
-            .partition(|(e, _)| wanted.contains(e));
+            .partition(|(e, _, _)| wanted.contains(e));
         *clients = keep;
         let missing: Vec<Endpoint> = wanted
             .iter()
-            .filter(|w| !clients.iter().any(|(e, _)| e == *w))
+            .filter(|w| !clients.iter().any(|(e, _, _)| e == *w))
             .cloned()
             .collect();
         (removed, missing)
     };
-    for (_, c) in removed {
+    for (_, c, _) in removed {
         c.close(Duration::from_secs(5)).await;
     }
     let cfg = &inner.cfg;
@@ -508,16 +569,27 @@ async fn sync_endpoints(
         let udp = ep.transport() == Transport::Udp;
         let pool = inner.pool.clone();
         let (heartbeat, udp_cap) = (cfg.heartbeat, cfg.udp_max_in_flight);
+        let pending = Arc::new(Pending::new());
+        let codec = ClientCodec {
+            frames: FrameCodec::new(cfg.limits),
+            pending: pending.clone(),
+        };
+        let listener_pending = pending.clone();
         let factory = move || RpcClientListener {
             pool: pool.clone(),
-            pending: Arc::new(Pending::new(udp.then_some(udp_cap))),
+            pending: listener_pending.clone(),
+            state: Arc::new(ConnState {
+                draining: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                permits: udp.then(|| Arc::new(Semaphore::new(udp_cap))),
+            }),
             heartbeat,
         };
         let mut session_cfg = cfg.session.clone();
         session_cfg.cron_period = Some(cfg.heartbeat);
         session_cfg.session_timeout = Some(cfg.heartbeat.saturating_mul(3));
         session_cfg.max_frame_len = session_cfg.max_frame_len.max(cfg.limits.max_frame());
-        let b = Client::builder(&ep.to_string(), FrameCodec::new(cfg.limits), factory)
+        let b = Client::builder(&ep.to_string(), codec, factory)
             .sessions(cfg.sessions_per_endpoint)
             .config(session_cfg);
         #[cfg(feature = "tls")]
@@ -532,7 +604,7 @@ async fn sync_endpoints(
             .clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((ep, c));
+            .push((ep, c, pending));
     }
     Ok(())
 }
@@ -566,6 +638,13 @@ impl Drop for CallGuard<'_> {
                 .conn
                 .session
                 .try_send(control_frame(kind::CANCEL, 0, self.id));
+        }
+        // The last call on a connection the server asked us to leave closes it.
+        let state = &self.conn.state;
+        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && state.draining.load(Ordering::Acquire)
+        {
+            self.conn.session.close();
         }
     }
 }
@@ -640,7 +719,7 @@ impl Call<'_> {
         let cfg = &self.client.inner.cfg;
         let conn = self.client.conn(deadline).await?;
         let udp = conn.session.transport() == Transport::Udp;
-        let _permit: Option<OwnedSemaphorePermit> = match &conn.pending.permits {
+        let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
             Some(sem) => {
                 match tokio::time::timeout_at(deadline.into(), sem.clone().acquire_owned()).await {
                     Ok(Ok(p)) => Some(p),
@@ -658,19 +737,20 @@ impl Call<'_> {
         let (id, guard) = if oneway {
             (0, None)
         } else {
-            let id = conn
-                .pending
-                .insert(tx)
-                .ok_or_else(|| Status::unavailable("connection closed"))?;
-            (
+            let id = conn.pending.insert(tx, conn.session.id());
+            conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
+            let guard = CallGuard {
+                conn: &conn,
                 id,
-                Some(CallGuard {
-                    conn: &conn,
-                    id,
-                    armed: true,
-                    written: false,
-                }),
-            )
+                armed: true,
+                written: false,
+            };
+            // A session that closed after we picked it has already failed its calls (or is
+            // about to, under the closed flag): do not wait on it.
+            if conn.session.is_closed() {
+                return Err(Status::unavailable("connection closed"));
+            }
+            (id, Some(guard))
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {

@@ -9,6 +9,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+/// The largest empty read buffer a TCP session keeps while it waits for data.
+const KEEP_WHILE_WAITING: usize = 1024;
+
 /// Where a stream reader gets bytes from.
 pub(crate) trait ReadSource: Send + 'static {
     /// Reads once into `buf`, reserving `want` bytes first if it has no spare room.
@@ -20,24 +23,19 @@ pub(crate) trait ReadSource: Send + 'static {
 }
 
 impl ReadSource for tokio::net::tcp::OwnedReadHalf {
-    /// Waits for readiness *before* allocating, and gives the buffer back when it is empty and
-    /// the socket has nothing more: an idle TCP session holds no read buffer.
+    /// Waits for readiness *before* allocating, and gives a large empty buffer back before it
+    /// may wait: an idle TCP session holds no read buffer. The read itself goes through
+    /// tokio's `poll_read`, which treats a short read as "drained" and so saves the extra
+    /// read that would only return `EWOULDBLOCK`.
     async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-        loop {
-            self.readable().await?;
-            if buf.capacity() == buf.len() {
-                buf.reserve(want);
-            }
-            match self.try_read_buf(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if buf.is_empty() {
-                        *buf = BytesMut::new();
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        if buf.is_empty() && buf.capacity() > KEEP_WHILE_WAITING {
+            *buf = BytesMut::new();
         }
+        self.readable().await?;
+        if buf.capacity() == buf.len() {
+            buf.reserve(want);
+        }
+        self.read_buf(buf).await
     }
 }
 
