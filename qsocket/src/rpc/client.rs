@@ -676,10 +676,10 @@ impl Call<'_> {
         self
     }
 
-    fn effective_deadline(&self) -> Instant {
+    fn effective_deadline(&self, now: Instant) -> Instant {
         let own = self
             .deadline
-            .unwrap_or_else(|| Instant::now() + self.client.inner.cfg.timeout);
+            .unwrap_or_else(|| now + self.client.inner.cfg.timeout);
         match current_deadline() {
             Some(inherited) if inherited < own => inherited,
             _ => own,
@@ -715,14 +715,19 @@ impl Call<'_> {
         if let Some(e) = self.metadata_error {
             return Err(e);
         }
-        let deadline = self.effective_deadline();
+        // One clock read per call: the deadline and the time remaining both come from it.
+        let mut now = Instant::now();
+        let deadline = self.effective_deadline(now);
         let cfg = &self.client.inner.cfg;
         let conn = self.client.conn(deadline).await?;
         let udp = conn.session.transport() == Transport::Udp;
         let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
             Some(sem) => {
                 match tokio::time::timeout_at(deadline.into(), sem.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Some(p),
+                    Ok(Ok(p)) => {
+                        now = Instant::now();
+                        Some(p)
+                    }
                     Ok(Err(_)) => return Err(Status::unavailable("connection closed")),
                     Err(_) => {
                         return Err(Status::deadline_exceeded(
@@ -752,7 +757,7 @@ impl Call<'_> {
             }
             (id, Some(guard))
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero() {
             return Err(Status::deadline_exceeded(
                 "deadline passed before the request was sent",
@@ -791,17 +796,22 @@ impl Call<'_> {
                 MAX_DATAGRAM
             )));
         }
-        match tokio::time::timeout_at(deadline.into(), conn.session.send(buf.freeze())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(Status::unavailable(
-                    "connection closed before the request was sent",
-                ))
-            }
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "deadline passed before the request was sent",
-                ))
+        let closed = || Status::unavailable("connection closed before the request was sent");
+        // Queue without a timer when there is room (the usual case); wait, bounded by the
+        // deadline, only when the connection is behind.
+        match conn.session.try_send(buf.freeze()) {
+            Ok(()) => {}
+            Err(crate::session::TrySendError::Closed(_)) => return Err(closed()),
+            Err(crate::session::TrySendError::Full(frame)) => {
+                match tokio::time::timeout_at(deadline.into(), conn.session.send(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(closed()),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "deadline passed before the request was sent",
+                        ))
+                    }
+                }
             }
         }
         let Some(mut guard) = guard else {
