@@ -1,41 +1,78 @@
-//! A bounded multi-producer queue that is cheap per message: tokio's unbounded channel (a few
-//! atomic operations per message, no semaphore) plus a counter of queued messages. Senders
-//! wait only while it is at capacity; the receiver wakes them when it takes a message out of a
-//! full queue.
+//! A bounded multi-producer queue that allocates nothing while empty: a mutex-protected
+//! `VecDeque` that the receiver swaps out whole, so it locks once per batch, not per message.
+//! Senders wait only while it is at capacity; the receiver wakes them when it takes messages out
+//! of a full queue. An idle session's queues hold no buffer (tokio's channels allocate a
+//! 32-slot block up front, per channel).
 
+use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::sync::{mpsc, Notify};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use tokio::sync::Notify;
 
-struct Shared {
-    /// Messages queued or being queued.
-    len: AtomicUsize,
+/// Batches larger than this are not kept for reuse once drained.
+const KEEP_CAPACITY: usize = 16;
+
+struct State<T> {
+    queue: VecDeque<T>,
+    /// The receiver is closed or gone.
+    closed: bool,
+    senders: usize,
+    rx_waker: Option<Waker>,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Mirrors `State::closed`, for lock-free checks.
+    closed: AtomicBool,
     cap: usize,
     /// Woken when room appears or the receiver goes away.
     space: Notify,
 }
 
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The sending half (cloneable).
 pub(crate) struct Sender<T> {
-    tx: mpsc::UnboundedSender<T>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T>>,
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
         Sender {
-            tx: self.tx.clone(),
             shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let waker = {
+            let mut st = self.shared.lock();
+            st.senders -= 1;
+            if st.senders == 0 {
+                st.rx_waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
 
 /// The receiving half.
 pub(crate) struct Receiver<T> {
-    rx: mpsc::UnboundedReceiver<T>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<T>>,
+    /// The batch taken out of the shared queue, handed out one by one.
+    batch: VecDeque<T>,
 }
 
 /// Why `try_send` did not queue a message; holds it.
@@ -44,60 +81,63 @@ pub(crate) enum TrySendError<T> {
     Closed(T),
 }
 
-/// A queue holding at most `cap` messages.
+/// A queue holding at most `cap` messages (not counting a batch the receiver has taken out).
 pub(crate) fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        len: AtomicUsize::new(0),
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            closed: false,
+            senders: 1,
+            rx_waker: None,
+        }),
+        closed: AtomicBool::new(false),
         cap: cap.max(1),
         space: Notify::new(),
     });
     (
         Sender {
-            tx,
             shared: shared.clone(),
         },
-        Receiver { rx, shared },
+        Receiver {
+            shared,
+            batch: VecDeque::new(),
+        },
     )
 }
 
 impl<T> Sender<T> {
-    /// Takes a slot if one is free.
-    fn reserve(&self) -> bool {
-        let s = &self.shared;
-        let mut n = s.len.load(Ordering::Relaxed);
-        while n < s.cap {
-            match s
-                .len
-                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(now) => n = now,
+    /// Queues `msg` if there is room: `Ok`, or gives it back with whether the queue was full.
+    fn push(&self, msg: T) -> Result<(), (T, bool)> {
+        let waker = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err((msg, false));
             }
+            if st.queue.len() >= self.shared.cap {
+                return Err((msg, true));
+            }
+            st.queue.push_back(msg);
+            if st.queue.len() == 1 {
+                st.rx_waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        false
-    }
-
-    fn push(&self, msg: T) -> Result<(), T> {
-        self.tx.send(msg).map_err(|e| {
-            self.shared.len.fetch_sub(1, Ordering::AcqRel);
-            e.0
-        })
+        Ok(())
     }
 
     /// Queues `msg`, waiting while the queue is full; gives it back if the receiver is gone.
-    pub(crate) async fn send(&self, msg: T) -> Result<(), T> {
+    pub(crate) async fn send(&self, mut msg: T) -> Result<(), T> {
         loop {
-            if self.tx.is_closed() {
-                return Err(msg);
-            }
-            if self.reserve() {
-                return self.push(msg);
-            }
             let mut room = pin!(self.shared.space.notified());
             room.as_mut().enable();
-            if self.tx.is_closed() || self.shared.len.load(Ordering::Acquire) < self.shared.cap {
-                continue;
+            match self.push(msg) {
+                Ok(()) => return Ok(()),
+                Err((m, false)) => return Err(m),
+                Err((m, true)) => msg = m,
             }
             room.await;
         }
@@ -105,43 +145,74 @@ impl<T> Sender<T> {
 
     /// Queues `msg` if there is room now.
     pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        if self.tx.is_closed() {
-            return Err(TrySendError::Closed(msg));
-        }
-        if !self.reserve() {
-            return Err(TrySendError::Full(msg));
-        }
-        self.push(msg).map_err(TrySendError::Closed)
+        self.push(msg).map_err(|(m, full)| {
+            if full {
+                TrySendError::Full(m)
+            } else {
+                TrySendError::Closed(m)
+            }
+        })
     }
 
     /// Whether the receiver is gone or closed.
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.closed.load(Ordering::Acquire)
     }
 }
 
 impl<T> Receiver<T> {
-    fn taken(&self) {
-        let s = &self.shared;
-        if s.len.fetch_sub(1, Ordering::AcqRel) >= s.cap {
-            s.space.notify_waiters();
+    /// Moves everything queued into `batch`; `false` if there was nothing.
+    fn refill(&mut self) -> bool {
+        let was_full = {
+            let mut st = self.shared.lock();
+            if st.queue.is_empty() {
+                return false;
+            }
+            let full = st.queue.len() >= self.shared.cap;
+            std::mem::swap(&mut st.queue, &mut self.batch);
+            full
+        };
+        if was_full {
+            self.shared.space.notify_waiters();
         }
+        true
+    }
+
+    fn next(&mut self) -> Option<T> {
+        let m = self.batch.pop_front();
+        if self.batch.is_empty() && self.batch.capacity() > KEEP_CAPACITY {
+            // A burst made it large: do not keep that much memory for a quiet session.
+            self.batch = VecDeque::new();
+        }
+        m
     }
 
     /// Polls for the next message; `None` once every sender is gone and the queue is empty.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let r = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(_)) = &r {
-            self.taken();
+        if self.batch.is_empty() && !self.refill() {
+            let mut st = self.shared.lock();
+            if !st.queue.is_empty() {
+                drop(st);
+                self.refill();
+            } else if st.senders == 0 {
+                return Poll::Ready(None);
+            } else {
+                match &st.rx_waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => st.rx_waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
         }
-        r
+        Poll::Ready(self.next())
     }
 
     /// The next message if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<T> {
-        let m = self.rx.try_recv().ok()?;
-        self.taken();
-        Some(m)
+        if self.batch.is_empty() && !self.refill() {
+            return None;
+        }
+        self.next()
     }
 
     /// Waits for the next message.
@@ -152,14 +223,15 @@ impl<T> Receiver<T> {
 
     /// Refuses further messages (those queued can still be taken) and wakes waiting senders.
     pub(crate) fn close(&mut self) {
-        self.rx.close();
+        self.shared.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.space.notify_waiters();
     }
 }
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        self.shared.space.notify_waiters();
+        self.close();
     }
 }
 
