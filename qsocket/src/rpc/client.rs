@@ -337,6 +337,14 @@ struct Inner {
     cfg: RpcClientConfig,
     clients: Mutex<Vec<(Endpoint, Client<Bytes>, Arc<Pending>)>>,
     closed: AtomicBool,
+    /// Ends the task that follows a changing endpoint source.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Builder of an [`RpcClient`].
@@ -397,6 +405,7 @@ impl RpcClient {
     /// Closes every session (calls pending on them fail) and stops reconnecting.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
+        self.inner.stop.cancel();
         let clients: Vec<_> =
             std::mem::take(&mut *self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, c, _) in clients {
@@ -487,6 +496,7 @@ impl RpcClientBuilder {
     /// to their deadline).
     pub async fn start(self) -> Result<RpcClient, Error> {
         let fixed = self.endpoints.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let is_static = self.source.is_none();
         let source: Arc<dyn Endpoints> = match self.source {
             Some(s) => s,
             None if fixed.is_empty() => {
@@ -510,6 +520,7 @@ impl RpcClientBuilder {
             cfg: self.cfg,
             clients: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         let client = RpcClient { inner };
         #[cfg(feature = "tls")]
@@ -517,11 +528,19 @@ impl RpcClientBuilder {
         #[cfg(not(feature = "tls"))]
         let tls = None::<()>;
         sync_endpoints(&client, &source.current(), &tls).await?;
-        // Follow the source: connect to new endpoints, close removed ones.
+        if is_static {
+            return Ok(client);
+        }
+        // Follow the source: connect to new endpoints, close removed ones — until the client
+        // is closed or dropped.
         let weak = Arc::downgrade(&client.inner);
+        let stop = client.inner.stop.clone();
         tokio::spawn(async move {
             loop {
-                source.changed().await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = source.changed() => {}
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let client = RpcClient { inner };
                 if client.inner.closed.load(Ordering::Relaxed) {
@@ -600,11 +619,13 @@ async fn sync_endpoints(
         #[cfg(not(feature = "tls"))]
         let _ = tls;
         let c = b.start().await?;
-        inner
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((ep, c, pending));
+        let mut clients = inner.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.closed.load(Ordering::Relaxed) {
+            drop(clients);
+            c.close(Duration::from_secs(1)).await;
+            continue;
+        }
+        clients.push((ep, c, pending));
     }
     Ok(())
 }
@@ -652,7 +673,7 @@ impl Drop for CallGuard<'_> {
 impl Call<'_> {
     /// Bounds the call by `timeout` from now.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.deadline = Some(Instant::now() + timeout);
+        self.deadline = Some(crate::session::deadline_after(Instant::now(), timeout));
         self
     }
 
@@ -679,7 +700,7 @@ impl Call<'_> {
     fn effective_deadline(&self, now: Instant) -> Instant {
         let own = self
             .deadline
-            .unwrap_or_else(|| now + self.client.inner.cfg.timeout);
+            .unwrap_or_else(|| crate::session::deadline_after(now, self.client.inner.cfg.timeout));
         match current_deadline() {
             Some(inherited) if inherited < own => inherited,
             _ => own,

@@ -340,15 +340,15 @@ struct InFlight {
 }
 
 impl Future for InFlight {
-    /// The request id and, unless oneway, the response frame.
-    type Output = (u64, Option<Bytes>);
+    /// The request id, codec and, unless oneway, the response frame.
+    type Output = (u64, u8, Option<Bytes>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Some(t) = this.timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
                 let st = Status::deadline_exceeded("deadline exceeded while the handler ran");
-                return Poll::Ready((this.id, this.respond(Err(st))));
+                return Poll::Ready((this.id, this.codec, this.respond(Err(st))));
             }
         }
         let (deadline, fut) = (this.deadline, &mut this.fut);
@@ -357,16 +357,10 @@ impl Future for InFlight {
         }));
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(reply)) => Poll::Ready((this.id, this.respond(reply))),
+            Ok(Poll::Ready(reply)) => Poll::Ready((this.id, this.codec, this.respond(reply))),
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string payload".into());
-                tracing::error!(request = this.id, panic = %what, "rpc handler panicked");
-                let st = Status::internal(format!("handler panicked: {what}"));
-                Poll::Ready((this.id, this.respond(Err(st))))
+                let reply = this.respond(Err(panic_status(panic)));
+                Poll::Ready((this.id, this.codec, reply))
             }
         }
     }
@@ -376,6 +370,17 @@ impl InFlight {
     fn respond(&self, reply: Reply) -> Option<Bytes> {
         (!self.oneway).then(|| response_frame(self.id, self.codec, reply))
     }
+}
+
+/// The `internal` status of a handler that panicked.
+fn panic_status(panic: Box<dyn std::any::Any + Send>) -> Status {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".into());
+    tracing::error!(panic = %what, "rpc handler panicked");
+    Status::internal(format!("handler panicked: {what}"))
 }
 
 /// The response frame of a finished call (an error frame for an error status).
@@ -418,6 +423,7 @@ struct RpcServerListener {
     aborts: FxMap<u64, AbortHandle>,
     limit: usize,
     goaway_sent: bool,
+    udp: bool,
 }
 
 impl RpcServerListener {
@@ -429,7 +435,21 @@ impl RpcServerListener {
             aborts: FxMap::default(),
             limit,
             goaway_sent: false,
+            udp: false,
         }
+    }
+
+    /// A response that fits the transport: over UDP one too large for a datagram becomes a
+    /// `resource_exhausted` answer instead of being dropped.
+    fn fit(&self, id: u64, codec: u8, frame: Bytes) -> Bytes {
+        if self.udp && frame.len() > MAX_DATAGRAM {
+            let st = Status::resource_exhausted(format!(
+                "response of {} bytes does not fit in a UDP datagram",
+                frame.len()
+            ));
+            return error_frame(id, codec, &st);
+        }
+        frame
     }
 
     /// Starts a request: dispatch, poll once in place, park it if still pending.
@@ -465,7 +485,9 @@ impl RpcServerListener {
                         codec,
                         limits: self.shared.cfg.limits,
                     };
-                    h.call(head, frame.body(), call)
+                    // A handler may panic before it returns its future, too.
+                    std::panic::catch_unwind(AssertUnwindSafe(|| h.call(head, frame.body(), call)))
+                        .unwrap_or_else(|panic| Err(panic_status(panic)))
                 })
                 .map_err(fail),
         };
@@ -487,22 +509,18 @@ impl RpcServerListener {
         };
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
         match first {
-            Poll::Ready((_, reply)) => {
-                if let Some(mut frame) = reply {
-                    if ctx.session().transport() == Transport::Udp && frame.len() > MAX_DATAGRAM {
-                        let st = Status::resource_exhausted(format!(
-                            "response of {} bytes does not fit in a UDP datagram",
-                            frame.len()
-                        ));
-                        frame = error_frame(id, codec_id, &st);
-                    }
-                    ctx.send(frame);
+            Poll::Ready((_, _, reply)) => {
+                if let Some(frame) = reply {
+                    ctx.send(self.fit(id, codec_id, frame));
                 }
             }
             Poll::Pending => {
                 call.timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into())));
                 let (handle, reg) = AbortHandle::new_pair();
-                self.aborts.insert(id, handle);
+                if !oneway {
+                    // Oneway calls carry no usable id and cannot be cancelled.
+                    self.aborts.insert(id, handle);
+                }
                 self.in_flight.push(Abortable::new(call, reg));
             }
         }
@@ -515,6 +533,7 @@ impl EventListener for RpcServerListener {
 
     async fn on_open(&mut self, session: &Session<Bytes>) -> Result<(), Error> {
         if session.transport() == Transport::Udp {
+            self.udp = true;
             self.limit = self.shared.cfg.udp_max_in_flight.min(self.limit);
         }
         Ok(())
@@ -546,10 +565,10 @@ impl EventListener for RpcServerListener {
         let mut progressed = false;
         while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
             progressed = true;
-            if let Ok((id, reply)) = done {
-                self.aborts.remove(&id);
+            if let Ok((id, codec, reply)) = done {
                 if let Some(frame) = reply {
-                    ctx.send(frame);
+                    self.aborts.remove(&id);
+                    ctx.send(self.fit(id, codec, frame));
                 }
             }
         }

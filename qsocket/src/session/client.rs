@@ -261,6 +261,7 @@ where
     /// [`Client::session`] to wait for a live session.
     pub async fn start(self) -> Result<Client<L::Out>, Error> {
         self.cfg.validate()?;
+        self.backoff.validate()?;
         let endpoint = self.endpoint?;
         if self.sessions == 0 {
             return Err(Error::Config("a client needs at least 1 session".into()));

@@ -73,6 +73,9 @@ impl SessionConfig {
             ("session_timeout", self.session_timeout),
             ("ws_ping_period", Some(self.ws_ping_period)),
             ("udp_idle_timeout", Some(self.udp_idle_timeout)),
+            ("read_timeout", self.read_timeout),
+            ("write_timeout", self.write_timeout),
+            ("handshake_timeout", Some(self.handshake_timeout)),
         ] {
             if d == Some(Duration::ZERO) {
                 return Err(crate::Error::Config(format!("{name} must not be zero")));
@@ -107,13 +110,25 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        if self.initial.is_zero() || self.max < self.initial {
+            return Err(crate::Error::Config(
+                "backoff: initial must be non-zero and max at least initial".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The wait before attempt `failures + 1`, with `jitter` in `[0, 1)`.
     pub(crate) fn delay(&self, failures: u32, jitter: f64) -> Duration {
         let exp = self
             .initial
             .saturating_mul(1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX));
         let capped = exp.min(self.max);
-        capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+        capped
+            .checked_mul(2)
+            .map(|_| capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+            .unwrap_or(capped)
     }
 }
 

@@ -85,6 +85,8 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for StreamSink<W> {
     async fn write(&mut self, buf: &mut BytesMut, bounds: &mut Vec<usize>) -> Result<(), Error> {
         bounds.clear();
         self.0.write_all(buf).await?;
+        // TLS keeps encrypted bytes inside until flushed (a no-op for plain TCP).
+        self.0.flush().await?;
         buf.clear();
         Ok(())
     }

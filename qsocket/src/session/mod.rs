@@ -38,6 +38,7 @@ pub use endpoint::{Endpoint, Transport};
 pub use handle::{Session, SessionStats, TrySendError};
 pub use listener::{Ctx, EventListener};
 pub use server::{Server, ServerBuilder};
+pub(crate) use runtime::deadline_after;
 pub(crate) use udp::MAX_DATAGRAM;
 
 use crate::error::BoxError;

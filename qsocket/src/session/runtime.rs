@@ -106,9 +106,20 @@ pub(crate) async fn stream_reader<R, D, O>(
     let token = session.token().clone();
     let mut buf = BytesMut::new();
     let mut want = limits.read_buffer;
+    // When the partial frame now in `buf` started arriving.
+    let mut partial_since: Option<Instant> = None;
     loop {
-        // Only a partial frame is timed: a quiet connection is not an error here.
-        let partial_timeout = limits.read_timeout.filter(|_| !buf.is_empty());
+        // Only a partial frame is timed (from its first byte, however it trickles in): a quiet
+        // connection is not an error here.
+        if buf.is_empty() {
+            partial_since = None;
+        } else if partial_since.is_none() {
+            partial_since = Some(Instant::now());
+        }
+        let partial_timeout = limits
+            .read_timeout
+            .zip(partial_since)
+            .map(|(t, since)| (t, deadline_after(since, t)));
         let before = buf.len();
         let read = src.read_into(&mut buf, want);
         let result = match partial_timeout {
@@ -118,10 +129,10 @@ pub(crate) async fn stream_reader<R, D, O>(
                 r = read => r.map_err(Error::from),
             },
             // Boxed: rare, and its timer would otherwise enlarge every idle reader.
-            Some(t) => tokio::select! {
+            Some((t, at)) => tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
-                r = Box::pin(tokio::time::timeout(t, read)) => match r {
+                r = Box::pin(tokio::time::timeout_at(at.into(), read)) => match r {
                     Ok(r) => r.map_err(Error::from),
                     Err(_) => Err(Error::ReadTimeout(t)),
                 },
@@ -296,7 +307,7 @@ impl Timers {
         let timeout = cfg
             .session_timeout
             .or(ws.then(|| cfg.ws_ping_period.saturating_mul(3)));
-        let every = |p: Duration| (p, now + p);
+        let every = |p: Duration| (p, deadline_after(now, p));
         Timers {
             cron: cfg.cron_period.map(every),
             ping: ws.then_some(cfg.ws_ping_period).map(every),
@@ -319,12 +330,30 @@ impl Timers {
     fn due(t: &mut Option<(Duration, Instant)>, now: Instant) -> bool {
         match t {
             Some((period, at)) if *at <= now => {
-                *at = now + *period;
+                *at = deadline_after(now, *period);
                 true
             }
             _ => false,
         }
     }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// `since + t`, or far in the future if that does not fit in an `Instant`.
+pub(crate) fn deadline_after(since: Instant, t: Duration) -> Instant {
+    since
+        .checked_add(t)
+        .unwrap_or_else(|| since + Duration::from_secs(86_400 * 365 * 30))
 }
 
 /// Everything one session needs to run, apart from its transport.
@@ -371,7 +400,8 @@ where
         sink.shutdown().await;
         return Err(e);
     }
-    let reader = reader.map(|make| tokio::spawn(make()));
+    // Aborts the reader however the handler ends, a panic in a listener callback included.
+    let reader = AbortOnDrop(reader.map(|make| tokio::spawn(make())));
     on_live(&session);
     tracing::trace!(session = session.id(), peer = %session.peer_addr(), transport = %session.transport(), "session open");
 
@@ -386,6 +416,7 @@ where
     let mut timers = Timers::new(cfg, session.transport().is_ws());
     let token = session.token().clone();
     let mut cancelled = pin!(token.cancelled());
+    let mut forced = pin!(force.cancelled());
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let mut sleep = pin!(tokio::time::sleep_until(
         timers.next().unwrap_or(far).into()
@@ -404,7 +435,6 @@ where
     // `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
     let mut failure: Option<Error> = None;
     let mut can_write = true;
-    let mut closed_locally = false;
     'run: loop {
         let ev = poll_fn(|cx| {
             if cancelled.as_mut().poll(cx).is_ready() {
@@ -435,10 +465,7 @@ where
         .await;
 
         let mut first = match ev {
-            Ev::Closed => {
-                closed_locally = true;
-                break 'run;
-            }
+            Ev::Closed => break 'run,
             Ev::ReaderDone => break 'run,
             Ev::Out(o) => {
                 outbox.push(o);
@@ -533,7 +560,6 @@ where
             break 'run;
         }
         if session.is_closed() {
-            closed_locally = true;
             break 'run;
         }
     }
@@ -552,7 +578,23 @@ where
         let mut ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
         // A graceful local close lets the listener finish its work in flight (and say goodbye)
         // until it is done or the shutdown's grace period ends.
-        while ok && closed_locally && failure.is_none() {
+        // Messages already read are still handled on a graceful close: a peer's requests that
+        // arrived before the close get their answers.
+        if ok && failure.is_none() {
+            while let Some(m) = inbound.try_recv() {
+                match m {
+                    Inbound::Msg(m, at) => {
+                        let mut ctx = Ctx::new(&session, &mut outbox, at);
+                        listener.on_message(&mut ctx, m).await;
+                    }
+                    Inbound::Err(_) => break,
+                }
+            }
+            out.encode(&mut outbox, &sink, &mut errors);
+            errors.clear();
+            ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
+        }
+        while ok && failure.is_none() {
             let at = session.stats_ref().active_ms();
             let done = poll_fn(|cx| {
                 if force.is_cancelled() {
@@ -566,7 +608,6 @@ where
                 if progressed {
                     return Poll::Ready(false);
                 }
-                let mut forced = pin!(force.cancelled());
                 if forced.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(true);
                 }
@@ -592,9 +633,7 @@ where
             .await;
         }
     }
-    if let Some(r) = reader {
-        r.abort();
-    }
+    drop(reader);
     match &failure {
         Some(e) => {
             tracing::debug!(session = session.id(), peer = %session.peer_addr(), error = %e, "session closed")
