@@ -663,3 +663,144 @@ async fn graceful_shutdown_finishes_calls_in_flight_and_sends_goaway() {
     assert_eq!(e.sent(), Sent::No);
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_regressions_panics_udp_replies_and_shutdown() {
+    use qsocket::rpc::{CallContext, Router, Service};
+    let router = Router::new().add_service(
+        Service::new("r.R")
+            // Panics before it returns its future.
+            .unary("Eager", |s: String, _ctx: CallContext| {
+                if s == "boom" {
+                    panic!("eager panic");
+                }
+                async move { Ok::<_, Status>(s) }
+            })
+            // A big reply from a handler that does not finish on its first poll.
+            .unary("BigLater", |n: u64, _ctx: CallContext| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, Status>("x".repeat(n as usize))
+            })
+            .unary("Slow", |ms: u64, _ctx: CallContext| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, Status>(ms)
+            })
+            .unary("Forever", |_: u64, _ctx: CallContext| async move {
+                std::future::pending::<()>().await;
+                Ok::<_, Status>(0u64)
+            }),
+    );
+    let mut cfg = RpcServerConfig::default();
+    cfg.session.session_timeout = None; // no timer to rescue a stuck drain
+    let server = RpcServer::builder(router)
+        .bind("tcp://127.0.0.1:0")
+        .bind("udp://127.0.0.1:0")
+        .config(RpcServerConfig {
+            max_in_flight: 1,
+            ..cfg
+        })
+        .start()
+        .await
+        .expect("server");
+    let tcp = client(
+        &server.endpoint(Transport::Tcp).expect("tcp").to_string(),
+        Codec::Protobuf,
+    )
+    .await;
+    let udp = client(
+        &server.endpoint(Transport::Udp).expect("udp").to_string(),
+        Codec::Protobuf,
+    )
+    .await;
+
+    // A panic before the future exists: internal for that call, the session lives on.
+    let e = tcp
+        .call::<_, String>("r.R", "Eager", &"boom".to_string())
+        .await
+        .expect_err("panic");
+    assert_eq!(e.code(), Code::Internal, "{e}");
+    let ok: String = tcp
+        .call("r.R", "Eager", &"fine".to_string())
+        .await
+        .expect("same session");
+    assert_eq!(ok, "fine");
+
+    // Over UDP, a parked handler's oversized reply is answered resource_exhausted, at once.
+    let t0 = Instant::now();
+    let e = udp
+        .request("r.R", "BigLater")
+        .timeout(Duration::from_secs(10))
+        .call::<_, String>(&100_000u64)
+        .await
+        .expect_err("too big for a datagram");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+
+    // Graceful shutdown answers requests already read (queued behind max_in_flight = 1).
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let c = tcp.clone();
+            tokio::spawn(async move { c.call::<_, u64>("r.R", "Slow", &200u64).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await; // let them reach the server
+    let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(10)));
+    for call in calls {
+        assert_eq!(
+            within("answered", call)
+                .await
+                .expect("join")
+                .expect("answered"),
+            200
+        );
+    }
+    within("shutdown", shutdown).await.expect("join");
+    tcp.close().await;
+    udp.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_shutdown_ends_a_session_stuck_in_a_handler() {
+    use qsocket::rpc::{CallContext, Router, Service};
+    let router = Router::new().add_service(Service::new("r.R").unary(
+        "Forever",
+        |_: u64, _ctx: CallContext| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, Status>(0u64)
+        },
+    ));
+    let mut cfg = RpcServerConfig::default();
+    cfg.session.session_timeout = None;
+    let server = RpcServer::builder(router)
+        .bind("tcp://127.0.0.1:0")
+        .config(cfg)
+        .start()
+        .await
+        .expect("server");
+    let c = client(
+        &server.endpoint(Transport::Tcp).expect("tcp").to_string(),
+        Codec::Protobuf,
+    )
+    .await;
+    let call = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.request("r.R", "Forever")
+                .timeout(Duration::from_secs(3600))
+                .call::<_, u64>(&0u64)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    within(
+        "shutdown ends after its grace period",
+        server.shutdown(Duration::from_millis(200)),
+    )
+    .await;
+    let e = within("call fails", call)
+        .await
+        .expect("join")
+        .expect_err("server gone");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    c.close().await;
+}

@@ -502,3 +502,34 @@ async fn session_limit_refuses_extra_connections() {
     assert_eq!(server.session_count(), 2);
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_trickled_in_byte_by_byte_still_hits_the_read_timeout() {
+    let events = Events::default();
+    let cfg = SessionConfig {
+        read_timeout: Some(Duration::from_millis(300)),
+        ..SessionConfig::default()
+    };
+    let (server, addr) = tcp_server(&events, cfg).await;
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(&1000u32.to_be_bytes())
+        .await
+        .expect("length");
+    // One byte every 50 ms: each read is quick, the frame never completes.
+    let trickle = async {
+        for _ in 0..200 {
+            if slow.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    within("the server gives up on the frame", trickle).await;
+    events
+        .wait_until("read timeout", |e| {
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("read timed out")))
+        })
+        .await;
+    server.shutdown(Duration::from_secs(5)).await;
+}

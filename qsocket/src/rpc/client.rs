@@ -326,6 +326,9 @@ impl Default for RpcClientConfig {
     }
 }
 
+/// The sessions to one endpoint and the calls pending on them.
+type EndpointClient = (Endpoint, Client<Bytes>, Arc<Pending>);
+
 /// An RPC client over a set of endpoints. Cheap to clone.
 #[derive(Clone)]
 pub struct RpcClient {
@@ -335,7 +338,7 @@ pub struct RpcClient {
 struct Inner {
     pool: Arc<Pool>,
     cfg: RpcClientConfig,
-    clients: Mutex<Vec<(Endpoint, Client<Bytes>, Arc<Pending>)>>,
+    clients: Mutex<Vec<EndpointClient>>,
     closed: AtomicBool,
     /// Ends the task that follows a changing endpoint source.
     stop: tokio_util::sync::CancellationToken,

@@ -565,11 +565,9 @@ impl EventListener for RpcServerListener {
         let mut progressed = false;
         while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
             progressed = true;
-            if let Ok((id, codec, reply)) = done {
-                if let Some(frame) = reply {
-                    self.aborts.remove(&id);
-                    ctx.send(self.fit(id, codec, frame));
-                }
+            if let Ok((id, codec, Some(frame))) = done {
+                self.aborts.remove(&id);
+                ctx.send(self.fit(id, codec, frame));
             }
         }
         if progressed {

@@ -37,8 +37,8 @@ pub use config::{Backoff, SessionConfig};
 pub use endpoint::{Endpoint, Transport};
 pub use handle::{Session, SessionStats, TrySendError};
 pub use listener::{Ctx, EventListener};
-pub use server::{Server, ServerBuilder};
 pub(crate) use runtime::deadline_after;
+pub use server::{Server, ServerBuilder};
 pub(crate) use udp::MAX_DATAGRAM;
 
 use crate::error::BoxError;
