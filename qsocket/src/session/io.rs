@@ -32,7 +32,8 @@ impl ReadSource for tokio::net::tcp::OwnedReadHalf {
             *buf = BytesMut::new();
         }
         self.readable().await?;
-        if buf.capacity() == buf.len() {
+        // Room for a whole `want` (an empty buffer whose frames are gone is reused in place).
+        if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
         self.read_buf(buf).await
@@ -41,7 +42,8 @@ impl ReadSource for tokio::net::tcp::OwnedReadHalf {
 
 impl<T: AsyncRead + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {
     async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-        if buf.capacity() == buf.len() {
+        // Room for a whole `want` (an empty buffer whose frames are gone is reused in place).
+        if buf.capacity() - buf.len() < want {
             buf.reserve(want);
         }
         self.read_buf(buf).await
