@@ -1,6 +1,7 @@
 //! The [`EventListener`] trait and the [`Ctx`] its callbacks receive.
 
 use super::handle::Session;
+use super::runtime::Outgoing;
 use crate::Error;
 use std::future::Future;
 use std::task::{Context, Poll};
@@ -117,17 +118,28 @@ pub trait EventListener: Send + 'static {
 /// What a listener callback can do with its session while it runs.
 pub struct Ctx<'a, O> {
     session: &'a Session<O>,
-    outbox: &'a mut Vec<O>,
+    out: &'a mut dyn Outgoing<O>,
     received: u64,
 }
 
 impl<'a, O> Ctx<'a, O> {
-    pub(crate) fn new(session: &'a Session<O>, outbox: &'a mut Vec<O>, received: u64) -> Self {
+    pub(crate) fn new(
+        session: &'a Session<O>,
+        out: &'a mut dyn Outgoing<O>,
+        received: u64,
+    ) -> Self {
         Ctx {
             session,
-            outbox,
+            out,
             received,
         }
+    }
+
+    /// Appends one whole frame that `write` puts straight into the session's write buffer, in
+    /// the codec's format — for protocol layers that encode in place instead of building a
+    /// message first.
+    pub(crate) fn send_raw(&mut self, write: &mut dyn FnMut(&mut bytes::BytesMut)) {
+        self.out.push_raw(write);
     }
 
     /// When the message being handled was read from the network (millisecond precision); in
@@ -142,10 +154,11 @@ impl<'a, O> Ctx<'a, O> {
         self.session
     }
 
-    /// Queues a message into the session's next write. Never waits: the handler writes it (with
-    /// everything else queued) as soon as the callback returns.
+    /// Encodes a message into the session's next write. Never waits: the handler writes it
+    /// (with everything else queued) as soon as the callback returns. A message the codec
+    /// cannot encode is dropped and reported to `on_error`.
     pub fn send(&mut self, msg: O) {
-        self.outbox.push(msg);
+        self.out.push(msg);
     }
 
     /// Closes the session after this callback; what was sent so far is still written.

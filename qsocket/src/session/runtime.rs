@@ -226,44 +226,71 @@ async fn wait_bounded<F: Future<Output = Result<(), Error>>>(
     }
 }
 
+/// Where listener callbacks put what they send: encoded at once into the session's write
+/// buffer (see [`Ctx::send`]), or written there directly as a whole frame by a protocol layer.
+pub(crate) trait Outgoing<O>: Send {
+    /// Encodes `msg` into the write buffer.
+    fn push(&mut self, msg: O);
+    /// Appends one whole frame, written by `write`.
+    fn push_raw(&mut self, write: &mut dyn FnMut(&mut BytesMut));
+}
+
 /// The handler's outgoing side: the codec, the write buffer and the frame bounds.
 struct Out<C> {
     codec: C,
     buf: BytesMut,
     bounds: Vec<usize>,
     frames: u64,
+    /// Whether each frame travels as its own message, and the largest one the sink carries.
+    messages: bool,
+    max_message: usize,
+    /// Messages that could not be encoded (they are dropped; the rest go out).
+    errors: Vec<Error>,
+}
+
+impl<C: Send> Out<C> {
+    /// Closes the frame that started at `start`.
+    fn end_frame(&mut self, start: usize) {
+        if self.messages {
+            let len = self.buf.len() - start;
+            if len > self.max_message {
+                self.buf.truncate(start);
+                self.errors.push(Error::FrameTooLarge {
+                    len,
+                    max: self.max_message,
+                });
+                return;
+            }
+            self.bounds.push(self.buf.len());
+        }
+        self.frames += 1;
+    }
+}
+
+impl<C, O> Outgoing<O> for Out<C>
+where
+    C: Encoder<O, Error: Into<crate::error::BoxError>> + Send,
+{
+    fn push(&mut self, msg: O) {
+        let start = self.buf.len();
+        if let Err(e) = self.codec.encode(msg, &mut self.buf) {
+            self.buf.truncate(start);
+            self.errors.push(Error::Encode(e.into()));
+            return;
+        }
+        self.end_frame(start);
+    }
+
+    fn push_raw(&mut self, write: &mut dyn FnMut(&mut BytesMut)) {
+        let start = self.buf.len();
+        write(&mut self.buf);
+        if self.buf.len() > start {
+            self.end_frame(start);
+        }
+    }
 }
 
 impl<C> Out<C> {
-    /// Encodes every message of `outbox` into the write buffer. Returns the errors of the
-    /// messages that could not be encoded (those are dropped; the rest go out).
-    fn encode<O, S: FrameSink>(&mut self, outbox: &mut Vec<O>, sink: &S, errors: &mut Vec<Error>)
-    where
-        C: Encoder<O, Error: Into<crate::error::BoxError>>,
-    {
-        for msg in outbox.drain(..) {
-            let start = self.buf.len();
-            if let Err(e) = self.codec.encode(msg, &mut self.buf) {
-                self.buf.truncate(start);
-                errors.push(Error::Encode(e.into()));
-                continue;
-            }
-            if S::MESSAGES {
-                let len = self.buf.len() - start;
-                if len > sink.max_message() {
-                    self.buf.truncate(start);
-                    errors.push(Error::FrameTooLarge {
-                        len,
-                        max: sink.max_message(),
-                    });
-                    continue;
-                }
-                self.bounds.push(self.buf.len());
-            }
-            self.frames += 1;
-        }
-    }
-
     async fn flush<S: FrameSink, O>(
         &mut self,
         sink: &mut S,
@@ -410,9 +437,10 @@ where
         buf: BytesMut::new(),
         bounds: Vec::new(),
         frames: 0,
+        messages: S::MESSAGES,
+        max_message: sink.max_message(),
+        errors: Vec::new(),
     };
-    let mut outbox: Vec<L::Out> = Vec::new();
-    let mut errors: Vec<Error> = Vec::new();
     let mut timers = Timers::new(cfg, session.transport().is_ws());
     let token = session.token().clone();
     let mut cancelled = pin!(token.cancelled());
@@ -445,7 +473,7 @@ where
             }
             let at = session.stats_ref().active_ms();
             if listener
-                .poll_work(&mut Ctx::new(&session, &mut outbox, at), cx)
+                .poll_work(&mut Ctx::new(&session, &mut out, at), cx)
                 .is_ready()
             {
                 return Poll::Ready(Ev::Work);
@@ -468,7 +496,7 @@ where
             Ev::Closed => break 'run,
             Ev::ReaderDone => break 'run,
             Ev::Out(o) => {
-                outbox.push(o);
+                Outgoing::push(&mut out, o);
                 None
             }
             Ev::In(m) => Some(m),
@@ -494,7 +522,7 @@ where
                 if Timers::due(&mut timers.cron, now) {
                     let at = session.stats_ref().active_ms();
                     listener
-                        .on_cron(&mut Ctx::new(&session, &mut outbox, at))
+                        .on_cron(&mut Ctx::new(&session, &mut out, at))
                         .await;
                 }
                 sleep.as_mut().reset(timers.next().unwrap_or(far).into());
@@ -517,7 +545,7 @@ where
             match msg {
                 Inbound::Msg(m, at) => {
                     listener
-                        .on_message(&mut Ctx::new(&session, &mut outbox, at), m)
+                        .on_message(&mut Ctx::new(&session, &mut out, at), m)
                         .await;
                 }
                 Inbound::Err(e) => {
@@ -526,8 +554,7 @@ where
                     break;
                 }
             }
-            if outbox.len() >= BATCH || out.buf.len() >= FLUSH_BYTES {
-                out.encode(&mut outbox, &sink, &mut errors);
+            {
                 if out.buf.len() >= FLUSH_BYTES {
                     if let Err(e) = out.flush(&mut sink, &session, cfg, force).await {
                         listener.on_error(&session, &e).await;
@@ -540,14 +567,14 @@ where
         }
 
         // Gather what else is queued for sending, then write it all at once.
-        while outbox.len() < BATCH {
+        for _ in 0..BATCH {
             match outbound.try_recv() {
-                Some(o) => outbox.push(o),
+                Some(o) => Outgoing::push(&mut out, o),
                 None => break,
             }
         }
-        out.encode(&mut outbox, &sink, &mut errors);
-        for e in errors.drain(..) {
+        let errors = std::mem::take(&mut out.errors);
+        for e in errors {
             listener.on_error(&session, &e).await;
         }
         if let Err(e) = out.flush(&mut sink, &session, cfg, force).await {
@@ -571,10 +598,9 @@ where
     inbound.close();
     if can_write {
         while let Some(o) = outbound.try_recv() {
-            outbox.push(o);
+            Outgoing::push(&mut out, o);
         }
-        out.encode(&mut outbox, &sink, &mut errors);
-        errors.clear();
+        out.errors.clear();
         let mut ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
         // A graceful local close lets the listener finish its work in flight (and say goodbye)
         // until it is done or the shutdown's grace period ends.
@@ -584,14 +610,13 @@ where
             while let Some(m) = inbound.try_recv() {
                 match m {
                     Inbound::Msg(m, at) => {
-                        let mut ctx = Ctx::new(&session, &mut outbox, at);
+                        let mut ctx = Ctx::new(&session, &mut out, at);
                         listener.on_message(&mut ctx, m).await;
                     }
                     Inbound::Err(_) => break,
                 }
             }
-            out.encode(&mut outbox, &sink, &mut errors);
-            errors.clear();
+            out.errors.clear();
             ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
         }
         while ok && failure.is_none() {
@@ -600,7 +625,7 @@ where
                 if force.is_cancelled() {
                     return Poll::Ready(true);
                 }
-                let mut ctx = Ctx::new(&session, &mut outbox, at);
+                let mut ctx = Ctx::new(&session, &mut out, at);
                 let progressed = listener.poll_work(&mut ctx, cx).is_ready();
                 if listener.poll_close(&mut ctx, cx).is_ready() {
                     return Poll::Ready(true);
@@ -614,8 +639,7 @@ where
                 Poll::Pending
             })
             .await;
-            out.encode(&mut outbox, &sink, &mut errors);
-            errors.clear();
+            out.errors.clear();
             ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
             if done {
                 break;
