@@ -27,8 +27,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 /// What a typed handler becomes once its types are erased: decode the body, run, and encode
 /// the response straight into its frame.
 trait Handler: Send + Sync {
@@ -37,7 +35,16 @@ trait Handler: Send + Sync {
         req: RequestHead,
         body: Bytes,
         ctx: CallContext,
-    ) -> Result<BoxFuture<Reply>, Status>;
+    ) -> Result<Pin<Box<dyn Call>>, Status>;
+}
+
+/// A running call with its types erased: it is polled until the handler is done, then writes
+/// its response frame straight into the session's write buffer (no buffer of its own, no copy).
+trait Call: Send {
+    /// Drives the handler; `Ready` once it has finished (its result is kept inside).
+    fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()>;
+    /// Appends the response frame of a finished call to `out`, or gives the error status.
+    fn write_response(self: Pin<&mut Self>, out: &mut BytesMut) -> Result<(), Status>;
 }
 
 /// What the response frame needs from the request.
@@ -48,12 +55,61 @@ struct RequestHead {
     limits: Limits,
 }
 
-/// A finished call: the whole response frame, or an error status.
-type Reply = Result<Bytes, Status>;
-
 struct Unary<F, Req, Resp> {
     f: F,
     _types: std::marker::PhantomData<fn(Req) -> Resp>,
+}
+
+pin_project_lite::pin_project! {
+    /// A unary handler's future and, once it is done, its result.
+    struct UnaryCall<Fut, Resp> {
+        #[pin]
+        fut: Fut,
+        done: Option<Result<Resp, Status>>,
+        head: RequestHead,
+    }
+}
+
+impl<Fut, Resp> Call for UnaryCall<Fut, Resp>
+where
+    Fut: Future<Output = Result<Resp, Status>> + Send,
+    Resp: Message,
+{
+    fn poll_call(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.done.is_some() {
+            return Poll::Ready(());
+        }
+        match this.fut.poll(cx) {
+            Poll::Ready(r) => {
+                *this.done = Some(r);
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn write_response(self: Pin<&mut Self>, out: &mut BytesMut) -> Result<(), Status> {
+        let this = self.project();
+        let head = *this.head;
+        let resp = match this.done.take() {
+            Some(r) => r?,
+            None => return Err(Status::internal("response taken twice")),
+        };
+        let h = Header {
+            kind: kind::RESPONSE,
+            codec: head.codec.id(),
+            id: head.id,
+            ..Header::default()
+        };
+        out.reserve(HEADER_LEN + resp.size_hint(head.codec));
+        encode_frame(out, &h, &head.limits, |b| resp.encode_body(head.codec, b)).map_err(
+            |e| match e {
+                EncodeError::Body(st) => st,
+                EncodeError::Frame(e) => Status::resource_exhausted(format!("response: {e}")),
+            },
+        )
+    }
 }
 
 impl<F, Fut, Req, Resp> Handler for Unary<F, Req, Resp>
@@ -68,27 +124,12 @@ where
         req: RequestHead,
         body: Bytes,
         ctx: CallContext,
-    ) -> Result<BoxFuture<Reply>, Status> {
+    ) -> Result<Pin<Box<dyn Call>>, Status> {
         let msg = Req::decode_body(req.codec, body)?;
-        let fut = (self.f)(msg, ctx);
-        Ok(Box::pin(async move {
-            let resp = fut.await?;
-            let mut buf = BytesMut::with_capacity(HEADER_LEN + resp.size_hint(req.codec));
-            let h = Header {
-                kind: kind::RESPONSE,
-                codec: req.codec.id(),
-                id: req.id,
-                ..Header::default()
-            };
-            match encode_frame(&mut buf, &h, &req.limits, |b| {
-                resp.encode_body(req.codec, b)
-            }) {
-                Ok(()) => Ok(buf.freeze()),
-                Err(EncodeError::Body(st)) => Err(st),
-                Err(EncodeError::Frame(e)) => {
-                    Err(Status::resource_exhausted(format!("response: {e}")))
-                }
-            }
+        Ok(Box::pin(UnaryCall {
+            fut: (self.f)(msg, ctx),
+            done: None,
+            head: req,
         }))
     }
 }
@@ -335,40 +376,47 @@ struct InFlight {
     codec: u8,
     oneway: bool,
     deadline: Option<Instant>,
-    fut: BoxFuture<Reply>,
+    call: Option<Pin<Box<dyn Call>>>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// How a call ended.
+enum Outcome {
+    /// The handler finished: its response can be written.
+    Done(Pin<Box<dyn Call>>),
+    /// The call failed before a response existed (panic, deadline).
+    Failed(Status),
+}
+
 impl Future for InFlight {
-    /// The request id, codec and, unless oneway, the response frame.
-    type Output = (u64, u8, Option<Bytes>);
+    /// The request id, codec, whether it was oneway, and the outcome.
+    type Output = (u64, u8, bool, Outcome);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         if let Some(t) = this.timer.as_mut() {
             if t.as_mut().poll(cx).is_ready() {
                 let st = Status::deadline_exceeded("deadline exceeded while the handler ran");
-                return Poll::Ready((this.id, this.codec, this.respond(Err(st))));
+                return Poll::Ready((this.id, this.codec, this.oneway, Outcome::Failed(st)));
             }
         }
-        let (deadline, fut) = (this.deadline, &mut this.fut);
+        let Some(call) = this.call.as_mut() else {
+            let st = Status::internal("call polled after it ended");
+            return Poll::Ready((this.id, this.codec, this.oneway, Outcome::Failed(st)));
+        };
+        let deadline = this.deadline;
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            with_deadline(deadline, || fut.as_mut().poll(cx))
+            with_deadline(deadline, || call.as_mut().poll_call(cx))
         }));
-        match polled {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(reply)) => Poll::Ready((this.id, this.codec, this.respond(reply))),
-            Err(panic) => {
-                let reply = this.respond(Err(panic_status(panic)));
-                Poll::Ready((this.id, this.codec, reply))
-            }
-        }
-    }
-}
-
-impl InFlight {
-    fn respond(&self, reply: Reply) -> Option<Bytes> {
-        (!self.oneway).then(|| response_frame(self.id, self.codec, reply))
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(())) => match this.call.take() {
+                Some(call) => Outcome::Done(call),
+                None => Outcome::Failed(Status::internal("call lost")),
+            },
+            Err(panic) => Outcome::Failed(panic_status(panic)),
+        };
+        Poll::Ready((this.id, this.codec, this.oneway, outcome))
     }
 }
 
@@ -383,33 +431,19 @@ fn panic_status(panic: Box<dyn std::any::Any + Send>) -> Status {
     Status::internal(format!("handler panicked: {what}"))
 }
 
-/// The response frame of a finished call (an error frame for an error status).
-fn response_frame(id: u64, codec: u8, reply: Reply) -> Bytes {
-    match reply {
-        Ok(frame) => frame,
-        Err(st) => error_frame(id, codec, &st),
-    }
-}
-
-/// A response frame carrying an error status; the body is the UTF-8 message.
-fn error_frame(id: u64, codec: u8, st: &Status) -> Bytes {
-    let mut buf = BytesMut::new();
-    let mut h = Header {
+/// Appends a response frame carrying an error status; the body is the UTF-8 message.
+fn write_error(buf: &mut BytesMut, id: u64, codec: u8, st: &Status) {
+    let h = Header {
         kind: kind::RESPONSE,
         codec,
         id,
+        status: st.code() as u16,
         ..Header::default()
     };
-    error_frame_into(&mut buf, &mut h, st);
-    buf.freeze()
-}
-
-fn error_frame_into(buf: &mut BytesMut, h: &mut Header<'_>, st: &Status) {
-    h.status = st.code() as u16;
     let msg = st.message().as_bytes();
     let msg = &msg[..msg.len().min(16 * 1024)];
     let limits = Limits::default();
-    let r = encode_frame(buf, h, &limits, |b| {
+    let r = encode_frame(buf, &h, &limits, |b| {
         b.extend_from_slice(msg);
         Ok::<_, ()>(())
     });
@@ -439,17 +473,33 @@ impl RpcServerListener {
         }
     }
 
-    /// A response that fits the transport: over UDP one too large for a datagram becomes a
+    /// Writes a call's answer straight into the session's write buffer: the response of a
+    /// finished call, or its error; over UDP a response too large for a datagram becomes a
     /// `resource_exhausted` answer instead of being dropped.
-    fn fit(&self, id: u64, codec: u8, frame: Bytes) -> Bytes {
-        if self.udp && frame.len() > MAX_DATAGRAM {
-            let st = Status::resource_exhausted(format!(
-                "response of {} bytes does not fit in a UDP datagram",
-                frame.len()
-            ));
-            return error_frame(id, codec, &st);
+    fn reply(&self, ctx: &mut Ctx<'_, Bytes>, id: u64, codec: u8, outcome: Outcome) {
+        let udp = self.udp;
+        match outcome {
+            Outcome::Done(mut call) => ctx.send_raw(&mut |buf: &mut BytesMut| {
+                let start = buf.len();
+                let error = match call.as_mut().write_response(buf) {
+                    Ok(()) if udp && buf.len() - start > MAX_DATAGRAM => {
+                        Some(Status::resource_exhausted(format!(
+                            "response of {} bytes does not fit in a UDP datagram",
+                            buf.len() - start
+                        )))
+                    }
+                    Ok(()) => None,
+                    Err(st) => Some(st),
+                };
+                if let Some(st) = error {
+                    buf.truncate(start);
+                    write_error(buf, id, codec, &st);
+                }
+            }),
+            Outcome::Failed(st) => ctx.send_raw(&mut |buf: &mut BytesMut| {
+                write_error(buf, id, codec, &st);
+            }),
         }
-        frame
     }
 
     /// Starts a request: dispatch, poll once in place, park it if still pending.
@@ -491,10 +541,10 @@ impl RpcServerListener {
                 })
                 .map_err(fail),
         };
-        let fut = match started {
-            Ok(fut) => fut,
+        let started = match started {
+            Ok(call) => call,
             Err(Some(st)) => {
-                ctx.send(error_frame(id, codec_id, &st));
+                self.reply(ctx, id, codec_id, Outcome::Failed(st));
                 return;
             }
             Err(None) => return,
@@ -504,14 +554,14 @@ impl RpcServerListener {
             codec: codec_id,
             oneway,
             deadline,
-            fut,
+            call: Some(started),
             timer: None,
         };
         let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
         match first {
-            Poll::Ready((_, _, reply)) => {
-                if let Some(frame) = reply {
-                    ctx.send(self.fit(id, codec_id, frame));
+            Poll::Ready((_, _, _, outcome)) => {
+                if !oneway {
+                    self.reply(ctx, id, codec_id, outcome);
                 }
             }
             Poll::Pending => {
@@ -565,9 +615,11 @@ impl EventListener for RpcServerListener {
         let mut progressed = false;
         while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
             progressed = true;
-            if let Ok((id, codec, Some(frame))) = done {
-                self.aborts.remove(&id);
-                ctx.send(self.fit(id, codec, frame));
+            if let Ok((id, codec, oneway, outcome)) = done {
+                if !oneway {
+                    self.aborts.remove(&id);
+                    self.reply(ctx, id, codec, outcome);
+                }
             }
         }
         if progressed {
