@@ -130,7 +130,13 @@ impl<T> Sender<T> {
     }
 
     /// Queues `msg`, waiting while the queue is full; gives it back if the receiver is gone.
-    pub(crate) async fn send(&self, mut msg: T) -> Result<(), T> {
+    pub(crate) async fn send(&self, msg: T) -> Result<(), T> {
+        // The usual case first: room now, no waiter to register.
+        let mut msg = match self.push(msg) {
+            Ok(()) => return Ok(()),
+            Err((m, false)) => return Err(m),
+            Err((m, true)) => m,
+        };
         loop {
             let mut room = pin!(self.shared.space.notified());
             room.as_mut().enable();
