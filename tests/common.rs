@@ -137,6 +137,17 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// Waits (polling every few milliseconds, up to [`WAIT`]) until `cond` holds; panics naming
+/// `what` if it never does.
+pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
 pub fn self_signed() -> (String, String) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])

@@ -4,7 +4,7 @@
 mod common;
 mod rpc_common;
 
-use common::{within, WAIT};
+use common::{eventually, within, WAIT};
 use qsocket::rpc::{Code, Codec, RpcClient, RpcServer, RpcServerConfig, Sent, Status};
 use qsocket::session::{Server, Transport};
 use rpc_common::*;
@@ -119,10 +119,8 @@ async fn deadlines_travel_expire_on_both_sides_and_past_ones_do_not_run() {
     assert!(err.request_written(), "{:?}", err.sent());
     assert!(t0.elapsed() < Duration::from_millis(1_500));
     // Server side: the handler was stopped at the deadline, not run to the end.
-    within("server drops the expired handler", async {
-        while counters.dropped.load(Ordering::SeqCst) < 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    eventually("server drops the expired handler", || {
+        counters.dropped.load(Ordering::SeqCst) >= 1
     })
     .await;
     assert_eq!(c.in_flight(), 0);
@@ -149,10 +147,8 @@ async fn deadlines_travel_expire_on_both_sides_and_past_ones_do_not_run() {
             c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
         })
     };
-    within("blocker started", async {
-        while counters.started.load(Ordering::SeqCst) < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("blocker started", || {
+        counters.started.load(Ordering::SeqCst) >= 1
     })
     .await;
     let late = c
@@ -211,10 +207,8 @@ async fn dropping_calls_cancels_them_on_both_sides() {
             0,
             "{t}: dropped calls left the pending table"
         );
-        within("server cancels the handlers", async {
-            while counters.dropped.load(Ordering::SeqCst) < before + 50 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        eventually("server cancels the handlers", || {
+            counters.dropped.load(Ordering::SeqCst) >= before + 50
         })
         .await;
         c.close().await;
@@ -248,10 +242,8 @@ async fn a_server_that_dies_fails_pending_calls_at_once() {
             })
         })
         .collect();
-    within("calls reach the server", async {
-        while counters.started.load(Ordering::SeqCst) < 21 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("calls reach the server", || {
+        counters.started.load(Ordering::SeqCst) >= 21
     })
     .await;
     let t0 = Instant::now();
@@ -322,10 +314,8 @@ async fn unknown_methods_panics_and_bad_bodies_get_statuses() {
             .await
             .expect("oneway");
     }
-    within("oneway calls arrive", async {
-        while counters.oneway.load(Ordering::SeqCst) < 5 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("oneway calls arrive", || {
+        counters.oneway.load(Ordering::SeqCst) >= 5
     })
     .await;
     c.close().await;
@@ -545,10 +535,8 @@ async fn a_slow_call_does_not_hold_up_others_on_the_same_session() {
             c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
         })
     };
-    within("slow call started", async {
-        while counters.started.load(Ordering::SeqCst) < 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("slow call started", || {
+        counters.started.load(Ordering::SeqCst) >= 1
     })
     .await;
     for i in 0..100 {
@@ -638,10 +626,8 @@ async fn graceful_shutdown_finishes_calls_in_flight_and_sends_goaway() {
             })
         })
         .collect();
-    within("calls reach the server", async {
-        while counters.started.load(Ordering::SeqCst) < 21 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("calls reach the server", || {
+        counters.started.load(Ordering::SeqCst) >= 21
     })
     .await;
     server.shutdown(Duration::from_secs(10)).await;

@@ -178,12 +178,7 @@ async fn client_keeps_n_sessions_and_round_robins() {
             e.iter().filter(|e| matches!(e, Ev::Open(_))).count() == 4
         })
         .await;
-    within("all live", async {
-        while client.sessions().len() < 4 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    eventually("all live", || client.sessions().len() == 4).await;
     let mut ids = std::collections::HashSet::new();
     for _ in 0..8 {
         ids.insert(client.session().await.expect("live").id());
@@ -237,12 +232,7 @@ async fn refused_session_gets_no_callbacks_and_closes() {
         "no on_close for a refused session"
     );
     // The permit is released just after the connection is shut down.
-    within("refused session released", async {
-        while server.session_count() != 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    eventually("refused session released", || server.session_count() == 0).await;
     server.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -124,10 +124,8 @@ async fn garbage_closes_only_the_sending_session() {
         })
         .await;
     raw_echo(&mut good, b"still here").await;
-    within("the bad session's slot is released", async {
-        while server.session_count() != 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("the bad session's slot is released", || {
+        server.session_count() == 1
     })
     .await;
     server.shutdown(Duration::from_secs(5)).await;
