@@ -729,7 +729,9 @@ async fn review_regressions_panics_udp_replies_and_shutdown() {
             tokio::spawn(async move { c.call::<_, u64>("r.R", "Slow", &200u64).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await; // let them reach the server
+    // Let them reach the server (written on the client side, then read by the server).
+    eventually("five calls pending", || tcp.in_flight() == 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let shutdown = tokio::spawn(server.shutdown(Duration::from_secs(10)));
     for call in calls {
         assert_eq!(

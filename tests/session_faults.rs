@@ -219,8 +219,9 @@ async fn last_frame_before_eof_is_delivered_and_reset_is_survived() {
 async fn websocket_pings_keep_a_session_alive_and_a_silent_peer_is_closed() {
     let events = Events::default();
     let cfg = SessionConfig {
-        ws_ping_period: Duration::from_millis(50),
-        session_timeout: Some(Duration::from_millis(400)),
+        ws_ping_period: Duration::from_millis(100),
+        // Ten ping periods: generous for a busy CI machine, still short for the silent peer.
+        session_timeout: Some(Duration::from_millis(1000)),
         ..SessionConfig::default()
     };
     let server = Server::builder(codec(), echo_factory(&events))
@@ -239,7 +240,7 @@ async fn websocket_pings_keep_a_session_alive_and_a_silent_peer_is_closed() {
         .expect("client");
     let s = within("ws session", client.session()).await.expect("live");
     // Quiet for several timeouts: only pings and pongs flow.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!s.is_closed(), "pongs kept the session alive");
     s.send(Bytes::from_static(b"after the quiet"))
         .await
