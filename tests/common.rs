@@ -148,6 +148,21 @@ pub async fn eventually(what: &str, cond: impl Fn() -> bool) {
     .await
 }
 
+/// Reads until EOF or reset (up to [`WAIT`]); true once the peer has closed the connection.
+pub async fn closed_by_peer(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    within("peer closes", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+}
+
 /// A self-signed certificate for `localhost`: (certificate PEM, key PEM).
 pub fn self_signed() -> (String, String) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])

@@ -4,7 +4,7 @@
 mod common;
 mod rpc_common;
 
-use common::{eventually, within, WAIT};
+use common::{closed_by_peer, eventually, within, WAIT};
 use qsocket::rpc::{Code, Codec, RpcClient, RpcServer, RpcServerConfig, Sent, Status};
 use qsocket::session::{Server, Transport};
 use rpc_common::*;
@@ -137,16 +137,7 @@ async fn deadlines_travel_expire_on_both_sides_and_past_ones_do_not_run() {
         .expect("server");
     let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
     let c = client(&url, Codec::Protobuf).await;
-    let blocker = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            let r = EchoRequest {
-                delay_ms: 600,
-                ..req("blocker")
-            };
-            c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
-        })
-    };
+    let blocker = spawn_delayed(&c, "blocker", 600);
     eventually("blocker started", || {
         counters.started.load(Ordering::SeqCst) >= 1
     })
@@ -344,6 +335,20 @@ async fn a_request_too_large_for_a_datagram_fails_that_call_only() {
     server.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Starts a call of `delay_ms` to `test.Echo/Echo` in its own task.
+fn spawn_delayed(
+    c: &RpcClient,
+    text: &str,
+    delay_ms: u64,
+) -> tokio::task::JoinHandle<Result<EchoReply, Status>> {
+    let c = c.clone();
+    let r = EchoRequest {
+        delay_ms,
+        ..req(text)
+    };
+    tokio::spawn(async move { c.call::<_, EchoReply>("test.Echo", "Echo", &r).await })
+}
+
 /// A raw request frame (protocol version 1) for the malformed-input tests.
 fn raw_request(id: u64, body: &[u8]) -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
@@ -381,19 +386,6 @@ async fn read_frame(s: &mut TcpStream) -> (u16, u64, Vec<u8>) {
     (status, id, tail[rest..].to_vec())
 }
 
-async fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 256];
-    within("server closes", async {
-        loop {
-            match s.read(&mut b).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_are_refused_and_others_keep_being_served() {
     let counters = Arc::new(Counters::default());
@@ -426,7 +418,7 @@ async fn malformed_frames_are_refused_and_others_keep_being_served() {
     for (what, bytes) in cases {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(&bytes).await.expect("write");
-        assert!(closed(&mut s).await, "{what}: connection closed");
+        assert!(closed_by_peer(&mut s).await, "{what}: connection closed");
         let ok: EchoReply = good
             .call("test.Echo", "Echo", &req(what))
             .await
@@ -440,7 +432,7 @@ async fn malformed_frames_are_refused_and_others_keep_being_served() {
     let whole = raw_request(7, &good_req);
     s.write_all(&whole[..whole.len() / 2]).await.expect("write");
     s.shutdown().await.expect("half close");
-    assert!(closed(&mut s).await);
+    assert!(closed_by_peer(&mut s).await);
     assert_eq!(counters.started.load(Ordering::SeqCst), started);
 
     // A garbage body in a well-formed frame: an invalid-argument answer, session kept.
@@ -525,16 +517,7 @@ async fn a_slow_call_does_not_hold_up_others_on_the_same_session() {
     let server = server(&counters).await;
     let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
     let c = client(&url, Codec::Protobuf).await;
-    let slow = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            let r = EchoRequest {
-                delay_ms: 3_000,
-                ..req("slow")
-            };
-            c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
-        })
-    };
+    let slow = spawn_delayed(&c, "slow", 3_000);
     eventually("slow call started", || {
         counters.started.load(Ordering::SeqCst) >= 1
     })

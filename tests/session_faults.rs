@@ -33,20 +33,6 @@ async fn raw_echo(s: &mut TcpStream, payload: &[u8]) {
     assert_eq!(got, frame(payload));
 }
 
-/// Reads until EOF or reset; true if the peer closed the connection.
-async fn closed_by_peer(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 1024];
-    within("peer closes", async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await
-}
-
 async fn tcp_server(events: &Events, cfg: SessionConfig) -> (Server, SocketAddr) {
     let server = Server::builder(codec(), echo_factory(events))
         .bind("tcp://127.0.0.1:0")
