@@ -48,6 +48,8 @@ type Waiter = oneshot::Sender<Result<Frame, Status>>;
 /// its call right where it is decoded, in the session's reader (see [`ClientCodec`]).
 pub(crate) struct Pending {
     inner: Mutex<Table>,
+    /// Wakes the deadline sweeper when the first call is registered.
+    busy: Notify,
 }
 
 struct Table {
@@ -59,6 +61,8 @@ struct Table {
 struct Slot {
     generation: u32,
     waiter: Option<Waiter>,
+    /// When the caller stops waiting.
+    deadline: Instant,
     /// The session the request went out on.
     session: u64,
 }
@@ -71,6 +75,7 @@ impl Pending {
                 free: Vec::new(),
                 len: 0,
             }),
+            busy: Notify::new(),
         }
     }
 
@@ -79,7 +84,7 @@ impl Pending {
     }
 
     /// Registers a call on `session`; its id is `generation << 32 | slot`.
-    fn insert(&self, waiter: Waiter, session: u64) -> u64 {
+    fn insert(&self, waiter: Waiter, session: u64, deadline: Instant) -> u64 {
         let mut t = self.lock();
         let index = match t.free.pop() {
             Some(i) => i,
@@ -88,6 +93,7 @@ impl Pending {
                     generation: 0,
                     waiter: None,
                     session: 0,
+                    deadline,
                 });
                 (t.slots.len() - 1) as u32
             }
@@ -96,8 +102,14 @@ impl Pending {
         slot.generation = slot.generation.wrapping_add(1);
         slot.waiter = Some(waiter);
         slot.session = session;
+        slot.deadline = deadline;
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
         t.len += 1;
+        let first = t.len == 1;
+        drop(t);
+        if first {
+            self.busy.notify_one();
+        }
         id
     }
 
@@ -138,8 +150,53 @@ impl Pending {
         }
     }
 
+    /// Ends every call whose deadline has passed with `deadline_exceeded`.
+    fn expire(&self, now: Instant) {
+        let expired: Vec<Waiter> = {
+            let mut t = self.lock();
+            let mut taken = Vec::new();
+            let mut freed = Vec::new();
+            for (i, slot) in t.slots.iter_mut().enumerate() {
+                if slot.deadline <= now {
+                    if let Some(w) = slot.waiter.take() {
+                        taken.push(w);
+                        freed.push(i as u32);
+                    }
+                }
+            }
+            t.len -= taken.len();
+            t.free.extend(freed);
+            taken
+        };
+        for w in expired {
+            let st = Status::deadline_exceeded("no response within the deadline");
+            let _ = w.send(Err(st.with_sent(Sent::Maybe)));
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lock().len
+    }
+}
+
+/// How often the sweeper looks for calls past their deadline while calls are pending: a call
+/// ends at most this much after its deadline (the server enforces the deadline on its side too).
+const SWEEP_EVERY: Duration = Duration::from_millis(5);
+
+/// Ends calls whose deadline has passed — one task per endpoint instead of a timer per call.
+async fn sweep(pending: Arc<Pending>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        while pending.len() == 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = pending.busy.notified() => {}
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+        pending.expire(Instant::now());
     }
 }
 
@@ -592,6 +649,7 @@ async fn sync_endpoints(
         let pool = inner.pool.clone();
         let (heartbeat, udp_cap) = (cfg.heartbeat, cfg.udp_max_in_flight);
         let pending = Arc::new(Pending::new());
+        tokio::spawn(sweep(pending.clone(), inner.stop.child_token()));
         let codec = ClientCodec {
             frames: FrameCodec::new(cfg.limits),
             pending: pending.clone(),
@@ -766,7 +824,7 @@ impl Call<'_> {
         let (id, guard) = if oneway {
             (0, None)
         } else {
-            let id = conn.pending.insert(tx, conn.session.id());
+            let id = conn.pending.insert(tx, conn.session.id(), deadline);
             conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = CallGuard {
                 conn: &conn,
@@ -843,20 +901,17 @@ impl Call<'_> {
         };
         guard.written = true;
         let maybe = |st: Status| st.with_sent(Sent::Maybe);
-        let result = match tokio::time::timeout_at(deadline.into(), rx).await {
-            Ok(Ok(r)) => {
-                guard.armed = false;
-                r.map(Some)
+        // No timer per call: the endpoint's sweeper ends calls whose deadline has passed.
+        let result = match rx.await {
+            Ok(Err(st)) if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe => {
+                // Tell the server it may stop working on it.
+                let _ = conn.session.try_send(control_frame(kind::CANCEL, 0, id));
+                Err(st)
             }
-            Ok(Err(_)) => {
-                guard.armed = false;
-                Err(maybe(Status::unavailable("connection closed")))
-            }
-            Err(_) => Err(maybe(Status::deadline_exceeded(format!(
-                "no response within the deadline ({} ms)",
-                timeout_ms
-            )))),
+            Ok(r) => r.map(Some),
+            Err(_) => Err(maybe(Status::unavailable("connection closed"))),
         };
+        guard.armed = false;
         drop(guard);
         result
     }
