@@ -149,6 +149,55 @@ impl<T> Sender<T> {
         }
     }
 
+    /// Moves messages from `next` into the queue under one lock, while there is room: the
+    /// reader hands over every frame of a read this way. Returns `Ok(true)` once `next` is
+    /// exhausted, `Ok(false)` if the queue filled first (call [`wait_for_room`] and go on),
+    /// `Err(())` if the receiver is gone. `next` is only called when there is room.
+    ///
+    /// [`wait_for_room`]: Sender::wait_for_room
+    pub(crate) fn push_from(&self, next: &mut dyn FnMut() -> Option<T>) -> Result<bool, ()> {
+        let (done, waker) = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(());
+            }
+            let was_empty = st.queue.is_empty();
+            let mut done = false;
+            while st.queue.len() < self.shared.cap {
+                match next() {
+                    Some(msg) => st.queue.push_back(msg),
+                    None => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            let waker = if was_empty && !st.queue.is_empty() {
+                st.rx_waker.take()
+            } else {
+                None
+            };
+            (done, waker)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(done)
+    }
+
+    /// Waits until the queue has room (or the receiver is gone).
+    pub(crate) async fn wait_for_room(&self) {
+        let mut room = pin!(self.shared.space.notified());
+        room.as_mut().enable();
+        {
+            let st = self.shared.lock();
+            if st.closed || st.queue.len() < self.shared.cap {
+                return;
+            }
+        }
+        room.await;
+    }
+
     /// Queues `msg` if there is room now.
     pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.push(msg).map_err(|(m, full)| {

@@ -65,25 +65,38 @@ where
 {
     let mut frames = 0u64;
     let ok = loop {
-        let decoded = if !eof {
-            codec.decode(buf)
-        } else if buf.is_empty() {
-            Ok(None)
-        } else {
-            codec.decode_eof(buf)
-        };
-        match decoded {
-            Ok(Some(item)) => {
-                frames += 1;
-                if tx.send(Inbound::Msg(item, read_at)).await.is_err() {
-                    break false;
+        // Decode straight into the handler's queue, one lock for all the frames of a read.
+        let mut failure = None;
+        let mut next = || {
+            let decoded = if !eof {
+                codec.decode(buf)
+            } else if buf.is_empty() {
+                Ok(None)
+            } else {
+                codec.decode_eof(buf)
+            };
+            match decoded {
+                Ok(Some(item)) => {
+                    frames += 1;
+                    Some(Inbound::Msg(item, read_at))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    failure = Some(Error::Decode(e.into()));
+                    None
                 }
             }
-            Ok(None) => break true,
-            Err(e) => {
-                let _ = tx.send(Inbound::Err(Error::Decode(e.into()))).await;
-                break false;
-            }
+        };
+        match tx.push_from(&mut next) {
+            Err(()) => break false,
+            Ok(false) => tx.wait_for_room().await,
+            Ok(true) => match failure {
+                None => break true,
+                Some(e) => {
+                    let _ = tx.send(Inbound::Err(e)).await;
+                    break false;
+                }
+            },
         }
     };
     session.stats_ref().add_in(frames, 0);
