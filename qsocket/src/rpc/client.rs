@@ -261,12 +261,22 @@ struct ConnState {
     permits: Option<Arc<Semaphore>>,
 }
 
-/// A live connection as the call path sees it.
+/// A live connection as the call path sees it (one `Arc`: a pick clones one pointer).
 #[derive(Clone)]
-struct Conn {
+struct Conn(Arc<ConnParts>);
+
+struct ConnParts {
     session: Session<Bytes>,
     pending: Arc<Pending>,
     state: Arc<ConnState>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = ConnParts;
+
+    fn deref(&self) -> &ConnParts {
+        &self.0
+    }
 }
 
 /// Connections of a client, shared with the listeners that add and remove them.
@@ -305,11 +315,11 @@ impl EventListener for RpcClientListener {
     type Out = Bytes;
 
     async fn on_open(&mut self, session: &Session<Bytes>) -> Result<(), Error> {
-        self.pool.lock().push(Conn {
+        self.pool.lock().push(Conn(Arc::new(ConnParts {
             session: session.clone(),
             pending: self.pending.clone(),
             state: self.state.clone(),
-        });
+        })));
         self.pool.changed.notify_waiters();
         Ok(())
     }
