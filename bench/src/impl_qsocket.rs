@@ -15,6 +15,7 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub struct EchoMsg {
     /// The payload (a slice of the read buffer when decoded from protobuf).
     #[prost(bytes = "bytes", tag = "1")]
+    #[serde(with = "qsocket::rpc::json::base64")]
     pub payload: Bytes,
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub struct EchoMsg {
     /// The payload, shared with the read buffer when decoded from protobuf.
     #[prost(bytes = "bytes", tag = "1")]
+    #[serde(with = "qsocket::rpc::json::base64")]
     pub payload: Bytes,
 }
 

@@ -23,6 +23,7 @@ mod client;
 mod codec;
 mod context;
 pub mod frame;
+pub mod json;
 mod server;
 mod status;
 
