@@ -3,22 +3,13 @@
 //! 256 calls in flight on one connection. The server runs on its own thread with a one-thread
 //! runtime, the client on another, so each side has one core as in a two-process setup.
 
+use crate::impl_qsocket::EchoMsg;
 use crate::Error;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use qsocket::rpc::{CallContext, Codec, Router, RpcClient, RpcServer, Service, Status};
 use qsocket::session::Transport;
 use std::time::{Duration, Instant};
-
-/// The echo message: a 64-byte payload.
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct EchoMsg {
-    /// The payload, shared with the read buffer when decoded from protobuf.
-    #[prost(bytes = "bytes", tag = "1")]
-    #[serde(with = "qsocket::rpc::json::base64")]
-    pub payload: Bytes,
-}
 
 /// What one (transport, codec, in-flight) point measured.
 pub struct RpcRow {

@@ -127,18 +127,16 @@ impl Pending {
         Some(w)
     }
 
-    /// Fails every call pending on `session`.
-    fn fail_session(&self, session: u64, status: &Status) {
+    /// Ends, with `status`, every pending call whose slot matches `pred`.
+    fn fail_where(&self, pred: impl Fn(&Slot) -> bool, status: &Status) {
         let waiters: Vec<Waiter> = {
             let mut t = self.lock();
             let mut taken = Vec::new();
             let mut freed = Vec::new();
             for (i, slot) in t.slots.iter_mut().enumerate() {
-                if slot.session == session {
-                    if let Some(w) = slot.waiter.take() {
-                        taken.push(w);
-                        freed.push(i as u32);
-                    }
+                if slot.waiter.is_some() && pred(slot) {
+                    taken.extend(slot.waiter.take());
+                    freed.push(i as u32);
                 }
             }
             t.len -= taken.len();
@@ -150,28 +148,16 @@ impl Pending {
         }
     }
 
+    /// Fails every call pending on `session`.
+    fn fail_session(&self, session: u64, status: &Status) {
+        self.fail_where(|slot| slot.session == session, status);
+    }
+
     /// Ends every call whose deadline has passed with `deadline_exceeded`.
     fn expire(&self, now: Instant) {
-        let expired: Vec<Waiter> = {
-            let mut t = self.lock();
-            let mut taken = Vec::new();
-            let mut freed = Vec::new();
-            for (i, slot) in t.slots.iter_mut().enumerate() {
-                if slot.deadline <= now {
-                    if let Some(w) = slot.waiter.take() {
-                        taken.push(w);
-                        freed.push(i as u32);
-                    }
-                }
-            }
-            t.len -= taken.len();
-            t.free.extend(freed);
-            taken
-        };
-        for w in expired {
-            let st = Status::deadline_exceeded("no response within the deadline");
-            let _ = w.send(Err(st.with_sent(Sent::Maybe)));
-        }
+        let st =
+            Status::deadline_exceeded("no response within the deadline").with_sent(Sent::Maybe);
+        self.fail_where(|slot| slot.deadline <= now, &st);
     }
 
     pub(crate) fn len(&self) -> usize {
