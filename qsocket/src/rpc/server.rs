@@ -453,7 +453,9 @@ fn write_error(buf: &mut BytesMut, id: u64, codec: u8, st: &Status) {
 /// The session listener of an RPC server.
 struct RpcServerListener {
     shared: Arc<Shared>,
-    in_flight: FuturesUnordered<Abortable<InFlight>>,
+    /// Requests parked because they did not finish when first polled; made on first use, so
+    /// an idle session holds none of its state.
+    in_flight: Option<FuturesUnordered<Abortable<InFlight>>>,
     aborts: FxMap<u64, AbortHandle>,
     limit: usize,
     goaway_sent: bool,
@@ -465,7 +467,7 @@ impl RpcServerListener {
         let limit = shared.cfg.max_in_flight;
         RpcServerListener {
             shared,
-            in_flight: FuturesUnordered::new(),
+            in_flight: None,
             aborts: FxMap::default(),
             limit,
             goaway_sent: false,
@@ -473,11 +475,15 @@ impl RpcServerListener {
         }
     }
 
+    /// How many requests are parked.
+    fn parked(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
     /// Writes a call's answer straight into the session's write buffer: the response of a
     /// finished call, or its error; over UDP a response too large for a datagram becomes a
     /// `resource_exhausted` answer instead of being dropped.
-    fn reply(&self, ctx: &mut Ctx<'_, Bytes>, id: u64, codec: u8, outcome: Outcome) {
-        let udp = self.udp;
+    fn reply(udp: bool, ctx: &mut Ctx<'_, Bytes>, id: u64, codec: u8, outcome: Outcome) {
         match outcome {
             Outcome::Done(mut call) => ctx.send_raw(&mut |buf: &mut BytesMut| {
                 let start = buf.len();
@@ -502,8 +508,10 @@ impl RpcServerListener {
         }
     }
 
-    /// Starts a request: dispatch, poll once in place, park it if still pending.
-    async fn start(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
+    /// Starts a request: dispatch, poll once in place (with the session task's context), park
+    /// it if still pending. Synchronous, so the session's handler state does not have to hold
+    /// a request's dispatch state across an await.
+    fn start(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: &Frame, cx: &mut Context<'_>) {
         let oneway = frame.kind == kind::ONEWAY;
         let (id, codec_id) = (frame.id, frame.codec);
         let received = ctx.received_at();
@@ -544,7 +552,7 @@ impl RpcServerListener {
         let started = match started {
             Ok(call) => call,
             Err(Some(st)) => {
-                self.reply(ctx, id, codec_id, Outcome::Failed(st));
+                Self::reply(self.udp, ctx, id, codec_id, Outcome::Failed(st));
                 return;
             }
             Err(None) => return,
@@ -557,11 +565,10 @@ impl RpcServerListener {
             call: Some(started),
             timer: None,
         };
-        let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut call).poll(cx))).await;
-        match first {
+        match Pin::new(&mut call).poll(cx) {
             Poll::Ready((_, _, _, outcome)) => {
                 if !oneway {
-                    self.reply(ctx, id, codec_id, outcome);
+                    Self::reply(self.udp, ctx, id, codec_id, outcome);
                 }
             }
             Poll::Pending => {
@@ -571,7 +578,9 @@ impl RpcServerListener {
                     // Oneway calls carry no usable id and cannot be cancelled.
                     self.aborts.insert(id, handle);
                 }
-                self.in_flight.push(Abortable::new(call, reg));
+                self.in_flight
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(Abortable::new(call, reg));
             }
         }
     }
@@ -596,7 +605,13 @@ impl EventListener for RpcServerListener {
 
     async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
         match frame.kind {
-            kind::REQUEST | kind::ONEWAY => self.start(ctx, frame).await,
+            kind::REQUEST | kind::ONEWAY => {
+                std::future::poll_fn(|cx| {
+                    self.start(ctx, &frame, cx);
+                    Poll::Ready(())
+                })
+                .await
+            }
             kind::HEARTBEAT if frame.flags & FLAG_REPLY == 0 => {
                 ctx.send(control_frame(kind::HEARTBEAT, FLAG_REPLY, frame.id));
             }
@@ -613,12 +628,15 @@ impl EventListener for RpcServerListener {
 
     fn poll_work(&mut self, ctx: &mut Ctx<'_, Bytes>, cx: &mut Context<'_>) -> Poll<()> {
         let mut progressed = false;
-        while let Poll::Ready(Some(done)) = self.in_flight.poll_next_unpin(cx) {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return Poll::Pending;
+        };
+        while let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
             progressed = true;
             if let Ok((id, codec, oneway, outcome)) = done {
                 if !oneway {
                     self.aborts.remove(&id);
-                    self.reply(ctx, id, codec, outcome);
+                    Self::reply(self.udp, ctx, id, codec, outcome);
                 }
             }
         }
@@ -630,7 +648,7 @@ impl EventListener for RpcServerListener {
     }
 
     fn accepts_messages(&self) -> bool {
-        self.in_flight.len() < self.limit
+        self.parked() < self.limit
     }
 
     /// Graceful shutdown: tell the client to send nothing new, then finish what is in flight.
@@ -639,7 +657,7 @@ impl EventListener for RpcServerListener {
             self.goaway_sent = true;
             ctx.send(control_frame(kind::GOAWAY, 0, 0));
         }
-        if self.in_flight.is_empty() {
+        if self.parked() == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending

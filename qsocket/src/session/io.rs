@@ -6,20 +6,29 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The largest empty read buffer a TCP session keeps while it waits for data.
 const KEEP_WHILE_WAITING: usize = 1024;
 
-/// Where a stream reader gets bytes from.
+/// Where a stream reader gets bytes from. Poll-based, so a reader waiting for data holds no
+/// read future in its state.
 pub(crate) trait ReadSource: Send + 'static {
     /// Reads once into `buf`, reserving `want` bytes first if it has no spare room.
-    fn read_into(
+    fn poll_read_into(
         &mut self,
+        cx: &mut Context<'_>,
         buf: &mut BytesMut,
         want: usize,
-    ) -> impl Future<Output = io::Result<usize>> + Send;
+    ) -> Poll<io::Result<usize>>;
+}
+
+/// Reserves room for a whole `want` (an empty buffer whose frames are gone is reused in place).
+fn room_for(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
 }
 
 impl ReadSource for tokio::net::tcp::OwnedReadHalf {
@@ -27,26 +36,30 @@ impl ReadSource for tokio::net::tcp::OwnedReadHalf {
     /// may wait: an idle TCP session holds no read buffer. The read itself goes through
     /// tokio's `poll_read`, which treats a short read as "drained" and so saves the extra
     /// read that would only return `EWOULDBLOCK`.
-    async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: usize,
+    ) -> Poll<io::Result<usize>> {
         if buf.is_empty() && buf.capacity() > KEEP_WHILE_WAITING {
             *buf = BytesMut::new();
         }
-        self.readable().await?;
-        // Room for a whole `want` (an empty buffer whose frames are gone is reused in place).
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want);
-        }
-        self.read_buf(buf).await
+        std::task::ready!(self.as_ref().poll_read_ready(cx))?;
+        room_for(buf, want);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 }
 
 impl<T: AsyncRead + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {
-    async fn read_into(&mut self, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-        // Room for a whole `want` (an empty buffer whose frames are gone is reused in place).
-        if buf.capacity() - buf.len() < want {
-            buf.reserve(want);
-        }
-        self.read_buf(buf).await
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: usize,
+    ) -> Poll<io::Result<usize>> {
+        room_for(buf, want);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
 }
 
@@ -62,12 +75,16 @@ pub(crate) trait FrameSink: Send + 'static {
     }
 
     /// Writes `buf` whole (streams) or as one message per range ending at each `bounds` entry
-    /// (message sinks), then empties both.
-    fn write(
+    /// (message sinks), as far as the transport takes it now; `Ready(Ok)` once everything is
+    /// written (and flushed), with both emptied. After `Pending`, call again with the same
+    /// (untouched) `buf` and `bounds`: the sink keeps its progress. Poll-based, so a session
+    /// holds no write future in its state.
+    fn poll_write(
         &mut self,
+        cx: &mut Context<'_>,
         buf: &mut BytesMut,
         bounds: &mut Vec<usize>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> Poll<Result<(), Error>>;
 
     /// Sends a keep-alive probe the peer's library answers (WebSocket ping). Default: nothing.
     fn ping(&mut self) -> impl Future<Output = Result<(), Error>> + Send {
@@ -84,13 +101,24 @@ pub(crate) struct StreamSink<W>(pub(crate) W);
 impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for StreamSink<W> {
     const MESSAGES: bool = false;
 
-    async fn write(&mut self, buf: &mut BytesMut, bounds: &mut Vec<usize>) -> Result<(), Error> {
-        bounds.clear();
-        self.0.write_all(buf).await?;
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        bounds: &mut Vec<usize>,
+    ) -> Poll<Result<(), Error>> {
+        while !buf.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.0).poll_write(cx, buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            }
+            bytes::Buf::advance(buf, n);
+        }
         // TLS keeps encrypted bytes inside until flushed (a no-op for plain TCP).
-        self.0.flush().await?;
+        std::task::ready!(Pin::new(&mut self.0).poll_flush(cx))?;
         buf.clear();
-        Ok(())
+        bounds.clear();
+        Poll::Ready(Ok(()))
     }
 
     async fn shutdown(&mut self) {

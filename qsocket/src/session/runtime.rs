@@ -10,8 +10,8 @@ use super::Codec;
 use crate::Error;
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
-use std::task::Poll;
+use std::pin::pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,62 @@ impl From<&SessionConfig> for ReadLimits {
     }
 }
 
+/// How far [`decode_some`] got.
+enum Step {
+    /// Every complete frame is queued.
+    Done,
+    /// The handler's queue is full; frames remain.
+    Full,
+    /// The handler is gone.
+    Closed,
+    /// The input does not decode.
+    Failed(Error),
+}
+
+/// Decodes complete frames from `buf` straight into the handler's queue, without waiting: one
+/// lock for all the frames of a read.
+fn decode_some<D>(
+    codec: &mut D,
+    buf: &mut BytesMut,
+    tx: &queue::Sender<Inbound<D::Item>>,
+    eof: bool,
+    read_at: u64,
+    frames: &mut u64,
+) -> Step
+where
+    D: Decoder<Error: Into<crate::error::BoxError> + Send>,
+{
+    let mut failure = None;
+    let mut next = || {
+        let decoded = if !eof {
+            codec.decode(buf)
+        } else if buf.is_empty() {
+            Ok(None)
+        } else {
+            codec.decode_eof(buf)
+        };
+        match decoded {
+            Ok(Some(item)) => {
+                *frames += 1;
+                Some(Inbound::Msg(item, read_at))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                failure = Some(Error::Decode(e.into()));
+                None
+            }
+        }
+    };
+    match tx.push_from(&mut next) {
+        Err(()) => Step::Closed,
+        Ok(false) => Step::Full,
+        Ok(true) => match failure {
+            None => Step::Done,
+            Some(e) => Step::Failed(e),
+        },
+    }
+}
+
 /// Decodes every complete frame in `buf` and hands each to the handler, waiting for room in its
 /// queue. With `eof`, the buffer is a whole message (a datagram, a WebSocket message, the rest
 /// of a stream at EOF): the codec's `decode_eof` also gets what is left. Returns `false` when
@@ -64,142 +120,117 @@ where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
 {
     let mut frames = 0u64;
-    let ok = loop {
-        // Decode straight into the handler's queue, one lock for all the frames of a read.
-        let mut failure = None;
-        let mut next = || {
-            let decoded = if !eof {
-                codec.decode(buf)
-            } else if buf.is_empty() {
-                Ok(None)
-            } else {
-                codec.decode_eof(buf)
-            };
-            match decoded {
-                Ok(Some(item)) => {
-                    frames += 1;
-                    Some(Inbound::Msg(item, read_at))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    failure = Some(Error::Decode(e.into()));
-                    None
+    let mut step = decode_some(codec, buf, tx, eof, read_at, &mut frames);
+    if matches!(step, Step::Full | Step::Failed(_)) {
+        // Rare (the handler is behind, or the input is bad): boxed, so a reader's state does
+        // not carry these waits.
+        step = Box::pin(async {
+            loop {
+                match step {
+                    Step::Full => {
+                        tx.wait_for_room().await;
+                        step = decode_some(codec, buf, tx, eof, read_at, &mut frames);
+                    }
+                    Step::Failed(e) => {
+                        report(tx, e).await;
+                        break Step::Closed;
+                    }
+                    done => break done,
                 }
             }
-        };
-        match tx.push_from(&mut next) {
-            Err(()) => break false,
-            Ok(false) => tx.wait_for_room().await,
-            Ok(true) => match failure {
-                None => break true,
-                Some(e) => {
-                    let _ = tx.send(Inbound::Err(e)).await;
-                    break false;
-                }
-            },
-        }
-    };
+        })
+        .await;
+    }
     session.stats_ref().add_in(frames, 0);
-    ok
+    matches!(step, Step::Done)
 }
 
-/// The reader task of a byte-stream session (TCP, TLS).
-pub(crate) async fn stream_reader<R, D, O>(
-    mut src: R,
-    mut codec: D,
+/// Hands the handler the error that ends a reader (boxed: once per session at most).
+pub(crate) async fn report<T>(tx: &queue::Sender<Inbound<T>>, e: Error) {
+    let _ = Box::pin(tx.send(Inbound::Err(e))).await;
+}
+
+/// The reader task of a byte-stream session (TCP, TLS). It runs until the peer closes, an
+/// error, or the handler is gone (its queue closed); the handler aborts it when the session
+/// ends. Its state is small (poll-based reads, rare waits boxed): one waits in every idle
+/// session.
+pub(crate) fn stream_reader<R, D, O>(
+    src: R,
+    codec: D,
     tx: queue::Sender<Inbound<D::Item>>,
     session: Session<O>,
     limits: ReadLimits,
-) where
+) -> impl Future<Output = ()> + Send
+where
     R: ReadSource,
     D: Decoder<Error: Into<crate::error::BoxError> + Send> + Send,
     D::Item: Send,
     O: Send + 'static,
 {
-    let token = session.token().clone();
-    let mut buf = BytesMut::new();
-    let mut want = limits.read_buffer;
-    // When the partial frame now in `buf` started arriving.
-    let mut partial_since: Option<Instant> = None;
-    loop {
-        // Only a partial frame is timed (from its first byte, however it trickles in): a quiet
-        // connection is not an error here.
-        if buf.is_empty() {
-            partial_since = None;
-        } else if partial_since.is_none() {
-            partial_since = Some(Instant::now());
-        }
-        let partial_timeout = limits
-            .read_timeout
-            .zip(partial_since)
-            .map(|(t, since)| (t, deadline_after(since, t)));
-        let before = buf.len();
-        let read = src.read_into(&mut buf, want);
-        let result = match partial_timeout {
-            None => tokio::select! {
-                biased;
-                _ = token.cancelled() => return,
-                r = read => r.map_err(Error::from),
-            },
-            // Boxed: rare, and its timer would otherwise enlarge every idle reader.
-            Some((t, at)) => tokio::select! {
-                biased;
-                _ = token.cancelled() => return,
-                r = Box::pin(tokio::time::timeout_at(at.into(), read)) => match r {
-                    Ok(r) => r.map_err(Error::from),
-                    Err(_) => Err(Error::ReadTimeout(t)),
-                },
-            },
-        };
-        match result {
-            Ok(0) => {
-                // EOF: hand on every frame already read (a last frame is never lost), then
-                // report bytes that do not form a frame.
-                let at = session.stats_ref().active_ms();
-                decode_all(&mut codec, &mut buf, &tx, &session, true, at).await;
-                return;
+    let (mut src, mut codec) = (src, codec);
+    async move {
+        let mut buf = BytesMut::new();
+        let mut want = limits.read_buffer;
+        // When the partial frame now in `buf` started arriving.
+        let mut partial_since: Option<Instant> = None;
+        loop {
+            // Only a partial frame is timed (from its first byte, however it trickles in): a
+            // quiet connection is not an error here.
+            if buf.is_empty() {
+                partial_since = None;
+            } else if partial_since.is_none() {
+                partial_since = Some(Instant::now());
             }
-            Ok(n) => {
-                let stats = session.stats_ref();
-                stats.add_in(0, n as u64);
-                let at = stats.touch();
-                // Adapt the next read size to the traffic (like netty's adaptive allocator).
-                if before + n == buf.capacity() {
-                    want = (want * 2).min(MAX_READ);
-                } else if n < want / 4 {
-                    want = (want / 2).max(MIN_READ);
+            let before = buf.len();
+            let read = poll_fn(|cx| src.poll_read_into(cx, &mut buf, want));
+            let result = match limits.read_timeout.zip(partial_since) {
+                None => read.await.map_err(Error::from),
+                // Boxed: rare, and its timer would otherwise enlarge every idle reader.
+                Some((t, since)) => {
+                    let at = deadline_after(since, t);
+                    match Box::pin(tokio::time::timeout_at(at.into(), read)).await {
+                        Ok(r) => r.map_err(Error::from),
+                        Err(_) => Err(Error::ReadTimeout(t)),
+                    }
                 }
-                if !decode_all(&mut codec, &mut buf, &tx, &session, false, at).await {
+            };
+            match result {
+                Ok(0) => {
+                    // EOF: hand on every frame already read (a last frame is never lost), then
+                    // report bytes that do not form a frame.
+                    let at = session.stats_ref().active_ms();
+                    decode_all(&mut codec, &mut buf, &tx, &session, true, at).await;
                     return;
                 }
-                if buf.len() > limits.max_frame_len {
-                    let err = Error::FrameTooLarge {
-                        len: buf.len(),
-                        max: limits.max_frame_len,
-                    };
-                    let _ = tx.send(Inbound::Err(err)).await;
+                Ok(n) => {
+                    let stats = session.stats_ref();
+                    stats.add_in(0, n as u64);
+                    let at = stats.touch();
+                    // Adapt the next read size to the traffic (like netty's adaptive allocator).
+                    if before + n == buf.capacity() {
+                        want = (want * 2).min(MAX_READ);
+                    } else if n < want / 4 {
+                        want = (want / 2).max(MIN_READ);
+                    }
+                    if !decode_all(&mut codec, &mut buf, &tx, &session, false, at).await {
+                        return;
+                    }
+                    if buf.len() > limits.max_frame_len {
+                        let err = Error::FrameTooLarge {
+                            len: buf.len(),
+                            max: limits.max_frame_len,
+                        };
+                        report(&tx, err).await;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    report(&tx, e).await;
                     return;
                 }
-            }
-            Err(e) => {
-                let _ = tx.send(Inbound::Err(e)).await;
-                return;
             }
         }
     }
-}
-
-/// Writes what the handler buffered: polled once in place (the common case: the socket takes
-/// it at once, no timer is armed); only if that is pending does the write get a timeout and
-/// become interruptible by a forced shutdown.
-async fn write_out<S: FrameSink>(
-    sink: &mut S,
-    buf: &mut BytesMut,
-    bounds: &mut Vec<usize>,
-    write_timeout: Option<Duration>,
-    force: &CancellationToken,
-) -> Result<(), Error> {
-    guarded(sink.write(buf, bounds), write_timeout, force).await
 }
 
 /// Runs `fut`, first polling it once without any timer; if it is pending, bounds it by
@@ -220,16 +251,16 @@ async fn guarded<F: Future<Output = Result<(), Error>>>(
 }
 
 async fn wait_bounded<F: Future<Output = Result<(), Error>>>(
-    mut fut: Pin<&mut F>,
+    fut: F,
     limit: Option<Duration>,
     force: &CancellationToken,
 ) -> Result<(), Error> {
     let timed = async {
         match limit {
-            Some(t) => tokio::time::timeout(t, fut.as_mut())
+            Some(t) => tokio::time::timeout(t, fut)
                 .await
                 .unwrap_or(Err(Error::WriteTimeout(t))),
-            None => fut.as_mut().await,
+            None => fut.await,
         }
     };
     tokio::select! {
@@ -304,6 +335,10 @@ where
 }
 
 impl<C> Out<C> {
+    /// Writes what is buffered: polled once in place (the common case: the socket takes it at
+    /// once, no timer is armed); only if that is pending does the write get a timeout and
+    /// become interruptible by a forced shutdown (boxed: rare, and its state would otherwise
+    /// sit in every idle session).
     async fn flush<S: FrameSink, O>(
         &mut self,
         sink: &mut S,
@@ -316,14 +351,13 @@ impl<C> Out<C> {
         }
         let bytes = self.buf.len() as u64;
         let frames = std::mem::take(&mut self.frames);
-        write_out(
-            sink,
-            &mut self.buf,
-            &mut self.bounds,
-            cfg.write_timeout,
-            force,
-        )
-        .await?;
+        let (buf, bounds) = (&mut self.buf, &mut self.bounds);
+        let mut write = |cx: &mut Context<'_>| sink.poll_write(cx, buf, bounds);
+        if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(write(cx))).await {
+            r?;
+        } else {
+            Box::pin(wait_bounded(poll_fn(write), cfg.write_timeout, force)).await?;
+        }
         session.stats_ref().add_out(frames, bytes);
         if self.buf.capacity() > 4 * FLUSH_BYTES {
             // Do not keep a buffer that one burst made large.
@@ -351,9 +385,10 @@ impl Timers {
         Timers {
             cron: cfg.cron_period.map(every),
             ping: ws.then_some(cfg.ws_ping_period).map(every),
-            check: timeout
-                .map(|t| (t / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)))
-                .map(every),
+            // Checked when the session would time out if nothing arrived meanwhile (then
+            // re-armed from the last activity): an idle session wakes once per timeout, not
+            // periodically.
+            check: timeout.map(every),
             timeout,
         }
     }
@@ -409,238 +444,327 @@ pub(crate) struct Parts<L: EventListener, C> {
 /// messages, sends, ticks and writes until the session closes; then queued writes are drained,
 /// the write side shut down, and `on_close` runs once.
 ///
-/// Returns `Err` only when `on_open` refused the session.
-pub(crate) async fn drive<L, C, S, R, RF>(
+/// The future resolves to `Err` only when `on_open` refused the session.
+///
+/// One of these waits in every idle session, so its state is kept small: the arguments are
+/// captured and used in place (an `async fn` would hold a second copy of each), writes are
+/// poll-based, and what is rare — timer ticks, the closing phase, a write that has to wait —
+/// is boxed when it happens.
+pub(crate) fn drive<'a, L, C, S, R, RF, OL>(
     parts: Parts<L, C>,
-    mut sink: S,
+    sink: S,
     reader: Option<RF>,
-    cfg: &SessionConfig,
-    force: &CancellationToken,
-    on_live: impl FnOnce(&Session<L::Out>),
-) -> Result<(), Error>
+    cfg: &'a SessionConfig,
+    force: &'a CancellationToken,
+    on_live: OL,
+) -> impl Future<Output = Result<(), Error>> + 'a
 where
     L: EventListener,
     C: Codec<L::In, L::Out>,
     S: FrameSink,
     R: Future<Output = ()> + Send + 'static,
-    // The reader is made only when it is spawned, so its (large) state is not kept in the
-    // handler's.
-    RF: FnOnce() -> R,
+    // The reader is made only when it is spawned, so its state is not kept in the handler's.
+    RF: FnOnce() -> R + 'a,
+    OL: FnOnce(&Session<L::Out>) + 'a,
 {
     let Parts {
-        mut listener,
+        listener,
         codec,
         session,
-        mut outbound,
-        mut inbound,
+        outbound,
+        inbound,
     } = parts;
-    if let Err(e) = listener.on_open(&session).await {
-        tracing::debug!(session = session.id(), peer = %session.peer_addr(), error = %e, "session refused");
-        session.close();
-        sink.shutdown().await;
-        return Err(e);
-    }
-    // Aborts the reader however the handler ends, a panic in a listener callback included.
-    let reader = AbortOnDrop(reader.map(|make| tokio::spawn(make())));
-    on_live(&session);
-    tracing::trace!(session = session.id(), peer = %session.peer_addr(), transport = %session.transport(), "session open");
-
-    let mut out = Out {
-        codec,
-        buf: BytesMut::new(),
-        bounds: Vec::new(),
-        frames: 0,
-        messages: S::MESSAGES,
-        max_message: sink.max_message(),
-        errors: Vec::new(),
+    let mut h = Handler {
+        out: Out {
+            codec,
+            buf: BytesMut::new(),
+            bounds: Vec::new(),
+            frames: 0,
+            messages: S::MESSAGES,
+            max_message: sink.max_message(),
+            errors: Vec::new(),
+        },
+        timers: Timers::new(cfg, session.transport().is_ws()),
+        listener,
+        session,
+        outbound,
+        inbound,
+        sink,
+        cfg,
+        force,
+        failure: None,
+        can_write: true,
     };
-    let mut timers = Timers::new(cfg, session.transport().is_ws());
-    let token = session.token().clone();
-    let mut cancelled = pin!(token.cancelled());
-    let mut forced = pin!(force.cancelled());
-    let far = Instant::now() + Duration::from_secs(86_400 * 365);
-    let mut sleep = pin!(tokio::time::sleep_until(
-        timers.next().unwrap_or(far).into()
-    ));
-    let has_timers = timers.next().is_some();
+    let (mut reader, mut on_live) = (reader, Some(on_live));
+    async move {
+        if let Err(e) = h.listener.on_open(&h.session).await {
+            tracing::debug!(session = h.session.id(), peer = %h.session.peer_addr(), error = %e, "session refused");
+            h.session.close();
+            Box::pin(h.sink.shutdown()).await;
+            return Err(e);
+        }
+        // Aborts the reader however the handler ends, a panic in a listener callback included.
+        let _reader = AbortOnDrop(reader.take().map(|make| tokio::spawn(make())));
+        if let Some(f) = on_live.take() {
+            f(&h.session);
+        }
+        tracing::trace!(session = h.session.id(), peer = %h.session.peer_addr(), transport = %h.session.transport(), "session open");
+        h.run().await;
+        // Closing: stop the reader, refuse new sends, write what was accepted, shut down.
+        Box::pin(h.close()).await;
+        drop(_reader);
+        match &h.failure {
+            Some(e) => {
+                tracing::debug!(session = h.session.id(), peer = %h.session.peer_addr(), error = %e, "session closed")
+            }
+            None => {
+                tracing::trace!(session = h.session.id(), peer = %h.session.peer_addr(), "session closed")
+            }
+        }
+        h.listener.on_close(&h.session).await;
+        Ok(())
+    }
+}
 
-    enum Ev<I, O> {
-        Closed,
-        In(Inbound<I>),
-        ReaderDone,
-        Out(O),
-        Tick,
-        Work,
+/// The handler's state.
+struct Handler<'a, L: EventListener, C, S> {
+    listener: L,
+    session: Session<L::Out>,
+    outbound: queue::Receiver<L::Out>,
+    inbound: queue::Receiver<Inbound<L::In>>,
+    out: Out<C>,
+    sink: S,
+    timers: Timers,
+    cfg: &'a SessionConfig,
+    force: &'a CancellationToken,
+    /// `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
+    failure: Option<Error>,
+    /// Whether the write side still works (a failed write ends it).
+    can_write: bool,
+}
+
+/// What woke the handler.
+enum Ev<I, O> {
+    Closed,
+    In(Inbound<I>),
+    ReaderDone,
+    Out(O),
+    Tick,
+    Work,
+}
+
+impl<L, C, S> Handler<'_, L, C, S>
+where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    S: FrameSink,
+{
+    /// Records the error that ends the session (after telling the listener).
+    async fn fail(&mut self, e: Error, can_write: bool) {
+        self.listener.on_error(&self.session, &e).await;
+        self.failure = Some(e);
+        self.can_write &= can_write;
     }
 
-    // `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
-    let mut failure: Option<Error> = None;
-    let mut can_write = true;
-    'run: loop {
-        let ev = poll_fn(|cx| {
-            if cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ev::Closed);
+    /// Writes what is buffered; on failure records it and returns `false`.
+    async fn flush(&mut self) -> bool {
+        match self
+            .out
+            .flush(&mut self.sink, &self.session, self.cfg, self.force)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(e, false).await;
+                false
             }
-            if has_timers && sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ev::Tick);
-            }
-            let at = session.stats_ref().active_ms();
-            if listener
-                .poll_work(&mut Ctx::new(&session, &mut out, at), cx)
-                .is_ready()
-            {
-                return Poll::Ready(Ev::Work);
-            }
-            if listener.accepts_messages() {
-                match inbound.poll_recv(cx) {
-                    Poll::Ready(Some(m)) => return Poll::Ready(Ev::In(m)),
-                    Poll::Ready(None) => return Poll::Ready(Ev::ReaderDone),
-                    Poll::Pending => {}
-                }
-            }
-            if let Poll::Ready(Some(o)) = outbound.poll_recv(cx) {
-                return Poll::Ready(Ev::Out(o));
-            }
-            Poll::Pending
-        })
-        .await;
+        }
+    }
 
-        let mut first = match ev {
-            Ev::Closed => break 'run,
-            Ev::ReaderDone => break 'run,
-            Ev::Out(o) => {
-                Outgoing::push(&mut out, o);
-                None
-            }
-            Ev::In(m) => Some(m),
-            Ev::Work => None,
-            Ev::Tick => {
-                let now = Instant::now();
-                if Timers::due(&mut timers.check, now) {
-                    if let Some(t) = timers.timeout.filter(|t| session.idle_for() > *t) {
-                        let e = Error::Timeout(t);
-                        listener.on_error(&session, &e).await;
-                        failure = Some(e);
-                        break 'run;
+    /// Serves the session until it closes or fails.
+    async fn run(&mut self) {
+        let token = self.session.token().clone();
+        let mut cancelled = pin!(token.cancelled());
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut sleep = pin!(tokio::time::sleep_until(
+            self.timers.next().unwrap_or(far).into()
+        ));
+        let has_timers = self.timers.next().is_some();
+        loop {
+            let ev = poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ev::Closed);
+                }
+                if has_timers && sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ev::Tick);
+                }
+                let at = self.session.stats_ref().active_ms();
+                if self
+                    .listener
+                    .poll_work(&mut Ctx::new(&self.session, &mut self.out, at), cx)
+                    .is_ready()
+                {
+                    return Poll::Ready(Ev::Work);
+                }
+                if self.listener.accepts_messages() {
+                    match self.inbound.poll_recv(cx) {
+                        Poll::Ready(Some(m)) => return Poll::Ready(Ev::In(m)),
+                        Poll::Ready(None) => return Poll::Ready(Ev::ReaderDone),
+                        Poll::Pending => {}
                     }
                 }
-                if Timers::due(&mut timers.ping, now) {
-                    if let Err(e) = guarded(sink.ping(), cfg.write_timeout, force).await {
-                        listener.on_error(&session, &e).await;
-                        failure = Some(e);
-                        can_write = false;
-                        break 'run;
-                    }
+                if let Poll::Ready(Some(o)) = self.outbound.poll_recv(cx) {
+                    return Poll::Ready(Ev::Out(o));
                 }
-                if Timers::due(&mut timers.cron, now) {
-                    let at = session.stats_ref().active_ms();
-                    listener
-                        .on_cron(&mut Ctx::new(&session, &mut out, at))
-                        .await;
-                }
-                sleep.as_mut().reset(timers.next().unwrap_or(far).into());
-                None
-            }
-        };
+                Poll::Pending
+            })
+            .await;
 
-        // Handle the batch of decoded messages that is ready, encoding replies as they come.
-        let mut handled = 0;
-        while handled < BATCH {
-            let msg = match first.take() {
-                Some(m) => m,
-                None if !listener.accepts_messages() => break,
-                None => match inbound.try_recv() {
-                    Some(m) => m,
-                    None => break,
-                },
+            let mut first = match ev {
+                Ev::Closed | Ev::ReaderDone => return,
+                Ev::Out(o) => {
+                    Outgoing::push(&mut self.out, o);
+                    None
+                }
+                Ev::In(m) => Some(m),
+                Ev::Work => None,
+                Ev::Tick => {
+                    // Boxed: ticks are rare, and their awaits would enlarge every session.
+                    if !Box::pin(self.tick()).await {
+                        return;
+                    }
+                    sleep
+                        .as_mut()
+                        .reset(self.timers.next().unwrap_or(far).into());
+                    None
+                }
             };
-            handled += 1;
-            match msg {
-                Inbound::Msg(m, at) => {
-                    listener
-                        .on_message(&mut Ctx::new(&session, &mut out, at), m)
-                        .await;
-                }
-                Inbound::Err(e) => {
-                    listener.on_error(&session, &e).await;
-                    failure = Some(e);
-                    break;
-                }
-            }
-            {
-                if out.buf.len() >= FLUSH_BYTES {
-                    if let Err(e) = out.flush(&mut sink, &session, cfg, force).await {
-                        listener.on_error(&session, &e).await;
-                        failure = Some(e);
-                        can_write = false;
-                        break 'run;
+
+            // Handle the batch of decoded messages that is ready, encoding replies as they come.
+            let mut handled = 0;
+            while handled < BATCH {
+                let msg = match first.take() {
+                    Some(m) => m,
+                    None if !self.listener.accepts_messages() => break,
+                    None => match self.inbound.try_recv() {
+                        Some(m) => m,
+                        None => break,
+                    },
+                };
+                handled += 1;
+                match msg {
+                    Inbound::Msg(m, at) => {
+                        let mut ctx = Ctx::new(&self.session, &mut self.out, at);
+                        self.listener.on_message(&mut ctx, m).await;
+                    }
+                    Inbound::Err(e) => {
+                        self.fail(e, true).await;
+                        break;
                     }
                 }
+                if self.out.buf.len() >= FLUSH_BYTES && !self.flush().await {
+                    return;
+                }
             }
-        }
 
-        // Gather what else is queued for sending, then write it all at once.
-        for _ in 0..BATCH {
-            match outbound.try_recv() {
-                Some(o) => Outgoing::push(&mut out, o),
-                None => break,
+            // Gather what else is queued for sending, then write it all at once.
+            for _ in 0..BATCH {
+                match self.outbound.try_recv() {
+                    Some(o) => Outgoing::push(&mut self.out, o),
+                    None => break,
+                }
             }
-        }
-        let errors = std::mem::take(&mut out.errors);
-        for e in errors {
-            listener.on_error(&session, &e).await;
-        }
-        if let Err(e) = out.flush(&mut sink, &session, cfg, force).await {
-            listener.on_error(&session, &e).await;
-            failure = Some(e);
-            can_write = false;
-            break 'run;
-        }
-        if failure.is_some() {
-            break 'run;
-        }
-        if session.is_closed() {
-            break 'run;
+            for e in std::mem::take(&mut self.out.errors) {
+                self.listener.on_error(&self.session, &e).await;
+            }
+            if !self.flush().await || self.failure.is_some() || self.session.is_closed() {
+                return;
+            }
         }
     }
 
-    // Closing: stop the reader, refuse new sends, write what was accepted, shut down, on_close.
-    session.mark_closed();
-    token.cancel();
-    outbound.close();
-    inbound.close();
-    if can_write {
-        while let Some(o) = outbound.try_recv() {
-            Outgoing::push(&mut out, o);
+    /// Serves the timers that are due; `false` when that ended the session.
+    async fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        if Timers::due(&mut self.timers.check, now) {
+            if let (Some(t), Some((_, at))) = (self.timers.timeout, self.timers.check.as_mut()) {
+                let idle = self.session.idle_for();
+                if idle >= t {
+                    self.fail(Error::Timeout(t), true).await;
+                    return false;
+                }
+                // Active since: check again when the quiet time would reach `t`.
+                *at = deadline_after(now, (t - idle).max(Duration::from_millis(5)));
+            }
         }
-        out.errors.clear();
-        let mut ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
-        // A graceful local close lets the listener finish its work in flight (and say goodbye)
-        // until it is done or the shutdown's grace period ends.
+        if Timers::due(&mut self.timers.ping, now) {
+            if let Err(e) = guarded(self.sink.ping(), self.cfg.write_timeout, self.force).await {
+                self.fail(e, false).await;
+                return false;
+            }
+        }
+        if Timers::due(&mut self.timers.cron, now) {
+            let at = self.session.stats_ref().active_ms();
+            self.listener
+                .on_cron(&mut Ctx::new(&self.session, &mut self.out, at))
+                .await;
+        }
+        true
+    }
+
+    /// Writes what is buffered while closing (errors end the closing quietly).
+    async fn flush_quiet(&mut self) -> bool {
+        self.out
+            .flush(&mut self.sink, &self.session, self.cfg, self.force)
+            .await
+            .is_ok()
+    }
+
+    /// Closes: stops the reader, refuses new sends, writes what was accepted (and, on a
+    /// graceful close, answers what was already read and lets work in flight finish within the
+    /// shutdown's grace period), then shuts the write side down.
+    async fn close(&mut self) {
+        self.session.mark_closed();
+        self.session.token().cancel();
+        self.outbound.close();
+        self.inbound.close();
+        if !self.can_write {
+            return;
+        }
+        while let Some(o) = self.outbound.try_recv() {
+            Outgoing::push(&mut self.out, o);
+        }
+        self.out.errors.clear();
+        let graceful = self.failure.is_none();
+        let mut ok = self.flush_quiet().await;
         // Messages already read are still handled on a graceful close: a peer's requests that
         // arrived before the close get their answers.
-        if ok && failure.is_none() {
-            while let Some(m) = inbound.try_recv() {
+        if ok && graceful {
+            while let Some(m) = self.inbound.try_recv() {
                 match m {
                     Inbound::Msg(m, at) => {
-                        let mut ctx = Ctx::new(&session, &mut out, at);
-                        listener.on_message(&mut ctx, m).await;
+                        let mut ctx = Ctx::new(&self.session, &mut self.out, at);
+                        self.listener.on_message(&mut ctx, m).await;
                     }
                     Inbound::Err(_) => break,
                 }
             }
-            out.errors.clear();
-            ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
+            self.out.errors.clear();
+            ok = self.flush_quiet().await;
         }
-        while ok && failure.is_none() {
-            let at = session.stats_ref().active_ms();
+        // A graceful local close lets the listener finish its work in flight (and say goodbye)
+        // until it is done or the shutdown's grace period ends.
+        let force = self.force;
+        let mut forced = pin!(force.cancelled());
+        while ok && graceful {
+            let at = self.session.stats_ref().active_ms();
             let done = poll_fn(|cx| {
                 if force.is_cancelled() {
                     return Poll::Ready(true);
                 }
-                let mut ctx = Ctx::new(&session, &mut out, at);
-                let progressed = listener.poll_work(&mut ctx, cx).is_ready();
-                if listener.poll_close(&mut ctx, cx).is_ready() {
+                let mut ctx = Ctx::new(&self.session, &mut self.out, at);
+                let progressed = self.listener.poll_work(&mut ctx, cx).is_ready();
+                if self.listener.poll_close(&mut ctx, cx).is_ready() {
                     return Poll::Ready(true);
                 }
                 if progressed {
@@ -652,33 +776,19 @@ where
                 Poll::Pending
             })
             .await;
-            out.errors.clear();
-            ok = out.flush(&mut sink, &session, cfg, force).await.is_ok();
+            self.out.errors.clear();
+            ok = self.flush_quiet().await;
             if done {
                 break;
             }
         }
         if ok {
-            let _ = guarded(
-                async {
-                    sink.shutdown().await;
-                    Ok(())
-                },
-                cfg.write_timeout,
-                force,
-            )
-            .await;
+            let sink = &mut self.sink;
+            let shutdown = async {
+                sink.shutdown().await;
+                Ok(())
+            };
+            let _ = guarded(shutdown, self.cfg.write_timeout, force).await;
         }
     }
-    drop(reader);
-    match &failure {
-        Some(e) => {
-            tracing::debug!(session = session.id(), peer = %session.peer_addr(), error = %e, "session closed")
-        }
-        None => {
-            tracing::trace!(session = session.id(), peer = %session.peer_addr(), "session closed")
-        }
-    }
-    listener.on_close(&session).await;
-    Ok(())
 }

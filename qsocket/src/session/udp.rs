@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::net::UdpSocket;
 use tokio_util::codec::Decoder;
 
@@ -22,17 +23,24 @@ pub(crate) struct UdpSink {
     socket: Arc<UdpSocket>,
     /// `None` for a connected socket.
     peer: Option<SocketAddr>,
+    /// Datagrams of the write under way already sent.
+    sent: usize,
 }
 
 impl UdpSink {
     pub(crate) fn connected(socket: Arc<UdpSocket>) -> Self {
-        UdpSink { socket, peer: None }
+        UdpSink {
+            socket,
+            peer: None,
+            sent: 0,
+        }
     }
 
     pub(crate) fn to_peer(socket: Arc<UdpSocket>, peer: SocketAddr) -> Self {
         UdpSink {
             socket,
             peer: Some(peer),
+            sent: 0,
         }
     }
 }
@@ -44,19 +52,26 @@ impl FrameSink for UdpSink {
         MAX_DATAGRAM
     }
 
-    async fn write(&mut self, buf: &mut BytesMut, bounds: &mut Vec<usize>) -> Result<(), Error> {
-        let mut start = 0;
-        for &end in bounds.iter() {
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        bounds: &mut Vec<usize>,
+    ) -> Poll<Result<(), Error>> {
+        // `sent` datagrams are already out.
+        while let Some(&end) = bounds.get(self.sent) {
+            let start = self.sent.checked_sub(1).map_or(0, |i| bounds[i]);
             let datagram = &buf[start..end];
-            match self.peer {
-                Some(p) => self.socket.send_to(datagram, p).await?,
-                None => self.socket.send(datagram).await?,
-            };
-            start = end;
+            std::task::ready!(match self.peer {
+                Some(p) => self.socket.poll_send_to(cx, datagram, p),
+                None => self.socket.poll_send(cx, datagram),
+            })?;
+            self.sent += 1;
         }
+        self.sent = 0;
         buf.clear();
         bounds.clear();
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     async fn shutdown(&mut self) {}

@@ -11,6 +11,7 @@ use crate::Error;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::task::{Context, Poll};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -71,11 +72,19 @@ pub(crate) async fn connect(stream: Stream, url: &str, cfg: &SessionConfig) -> R
 pub(crate) struct WsSink {
     sink: SplitSink<Ws, Message>,
     max: usize,
+    /// Progress of the write under way: frames sent, and the byte where the last one ended.
+    sent: usize,
+    sent_bytes: usize,
 }
 
 impl WsSink {
     pub(crate) fn new(sink: SplitSink<Ws, Message>, max: usize) -> Self {
-        WsSink { sink, max }
+        WsSink {
+            sink,
+            max,
+            sent: 0,
+            sent_bytes: 0,
+        }
     }
 }
 
@@ -86,16 +95,28 @@ impl FrameSink for WsSink {
         self.max
     }
 
-    async fn write(&mut self, buf: &mut BytesMut, bounds: &mut Vec<usize>) -> Result<(), Error> {
-        let mut data = buf.split().freeze();
-        let mut start = 0;
-        for &end in bounds.iter() {
-            let msg = data.split_to(end - start);
-            start = end;
-            self.sink.feed(Message::Binary(msg)).await.map_err(ws_err)?;
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        bounds: &mut Vec<usize>,
+    ) -> Poll<Result<(), Error>> {
+        // `sent` frames (ending at byte `sent_bytes` of the original buffer) are already out;
+        // each message shares the buffer's allocation.
+        while let Some(&end) = bounds.get(self.sent) {
+            std::task::ready!(self.sink.poll_ready_unpin(cx)).map_err(ws_err)?;
+            let msg = buf.split_to(end - self.sent_bytes).freeze();
+            self.sent += 1;
+            self.sent_bytes = end;
+            self.sink
+                .start_send_unpin(Message::Binary(msg))
+                .map_err(ws_err)?;
         }
+        std::task::ready!(self.sink.poll_flush_unpin(cx)).map_err(ws_err)?;
+        (self.sent, self.sent_bytes) = (0, 0);
+        buf.clear();
         bounds.clear();
-        self.sink.flush().await.map_err(ws_err)
+        Poll::Ready(Ok(()))
     }
 
     async fn ping(&mut self) -> Result<(), Error> {
