@@ -3,13 +3,14 @@
 use super::config::SessionConfig;
 use super::endpoint::Transport;
 use super::handle::Session;
-use super::io::StreamSink;
+use super::io::{ReadSource, StreamSink};
 use super::listener::EventListener;
 use super::queue;
 use super::runtime::{drive, stream_reader, Parts, ReadLimits};
 use super::udp::{datagram_reader, UdpSink};
 use super::Codec;
 use crate::Error;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpStream, UdpSocket};
@@ -34,7 +35,8 @@ pub(crate) struct Conn {
     pub(crate) peer: SocketAddr,
 }
 
-/// Runs one session over `conn` until it closes (see [`drive`]).
+/// Runs one session over `conn` until it closes (see [`drive`]). Each transport's session
+/// state is boxed, so a caller's future holds only the largest one's pointer.
 pub(crate) async fn run_conn<L, C>(
     conn: Conn,
     listener: L,
@@ -48,57 +50,105 @@ where
     L: EventListener,
     C: Codec<L::In, L::Out>,
 {
-    let (session, outbound) =
-        Session::new(conn.transport, conn.local, conn.peer, cfg.send_queue, token);
-    let (tx, inbound) = queue::channel(cfg.recv_queue);
-    let limits = ReadLimits::from(cfg);
-    let parts = Parts {
-        listener,
-        codec: codec.clone(),
-        session: session.clone(),
-        outbound,
-        inbound,
-    };
-    match conn.io {
+    let Conn {
+        io,
+        transport,
+        local,
+        peer,
+    } = conn;
+    match io {
         Io::Tcp(stream) => {
             let (rd, wr) = stream.into_split();
-            let reader = move || stream_reader(rd, codec, tx, session, limits);
-            Box::pin(drive(
-                parts,
-                StreamSink(wr),
-                Some(reader),
-                cfg,
-                force,
-                on_live,
-            ))
-            .await
+            let what = (listener, codec, (transport, local, peer), token);
+            Box::pin(stream_session(rd, wr, what, cfg, force, on_live)).await
         }
         #[cfg(feature = "tls")]
         Io::Tls(stream) => {
             let (rd, wr) = tokio::io::split(*stream);
-            let reader = move || stream_reader(rd, codec, tx, session, limits);
-            Box::pin(drive(
-                parts,
-                StreamSink(wr),
-                Some(reader),
-                cfg,
-                force,
-                on_live,
-            ))
-            .await
+            let what = (listener, codec, (transport, local, peer), token);
+            Box::pin(stream_session(rd, wr, what, cfg, force, on_live)).await
         }
         #[cfg(feature = "ws")]
         Io::Ws(ws) => {
             use futures_util::StreamExt;
+            let (parts, tx, session) = parts(
+                listener,
+                codec.clone(),
+                (transport, local, peer),
+                token,
+                cfg,
+            );
             let (sink, stream) = (*ws).split();
+            let limits = ReadLimits::from(cfg);
             let reader = move || super::ws::ws_reader(stream, codec, tx, session, limits);
             let sink = super::ws::WsSink::new(sink, cfg.max_frame_len);
             Box::pin(drive(parts, sink, Some(reader), cfg, force, on_live)).await
         }
         Io::Udp(socket) => {
+            let (parts, tx, session) = parts(
+                listener,
+                codec.clone(),
+                (transport, local, peer),
+                token,
+                cfg,
+            );
             let sink = UdpSink::connected(socket.clone());
+            let limits = ReadLimits::from(cfg);
             let reader = move || datagram_reader(socket, codec, tx, session, limits);
             Box::pin(drive(parts, sink, Some(reader), cfg, force, on_live)).await
         }
     }
+}
+
+/// A session's transport, local and peer addresses.
+type Addrs = (Transport, SocketAddr, SocketAddr);
+
+/// The session handle, its queues and the handler's parts.
+#[allow(clippy::type_complexity)]
+fn parts<L, C>(
+    listener: L,
+    codec: C,
+    (transport, local, peer): Addrs,
+    token: CancellationToken,
+    cfg: &SessionConfig,
+) -> (
+    Parts<L, C>,
+    queue::Sender<super::runtime::Inbound<L::In>>,
+    Session<L::Out>,
+)
+where
+    L: EventListener,
+{
+    let (session, outbound) = Session::new(transport, local, peer, cfg.send_queue, token);
+    let (tx, inbound) = queue::channel(cfg.recv_queue);
+    let parts = Parts {
+        listener,
+        codec,
+        session: session.clone(),
+        outbound,
+        inbound,
+    };
+    (parts, tx, session)
+}
+
+/// The session over a byte stream's two halves (TCP, TLS), unboxed: the server spawns it as
+/// the session's task itself, so an idle TCP session is one task plus its reader.
+pub(crate) fn stream_session<'a, L, C, R, W>(
+    rd: R,
+    wr: W,
+    (listener, codec, addrs, token): (L, C, Addrs, CancellationToken),
+    cfg: &'a SessionConfig,
+    force: &'a CancellationToken,
+    on_live: impl FnOnce(&Session<L::Out>) + 'a,
+) -> impl Future<Output = Result<(), Error>> + 'a
+where
+    L: EventListener,
+    C: Codec<L::In, L::Out>,
+    R: ReadSource,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (parts, tx, session) = parts(listener, codec.clone(), addrs, token, cfg);
+    let limits = ReadLimits::from(cfg);
+    let reader = move || stream_reader(rd, codec, tx, session, limits);
+    drive(parts, StreamSink(wr), Some(reader), cfg, force, on_live)
 }

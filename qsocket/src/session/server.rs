@@ -2,7 +2,7 @@
 //! connection (per peer address for UDP), with a session limit and graceful shutdown.
 
 use super::config::SessionConfig;
-use super::conn::{run_conn, Conn, Io};
+use super::conn::{run_conn, stream_session, Conn, Io};
 use super::endpoint::{Endpoint, Transport};
 use super::handle::Session;
 use super::listener::EventListener;
@@ -338,6 +338,31 @@ where
         };
         let shared2 = shared.clone();
         let transport = ep.transport();
+        if transport == Transport::Tcp {
+            // The session's handler is this task itself: no wrapper task, no box.
+            shared.tracker.spawn(async move {
+                let shared = &shared2;
+                let _ = stream.set_nodelay(true);
+                let local = match stream.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection lost before its session");
+                        return;
+                    }
+                };
+                let (rd, wr) = stream.into_split();
+                let what = (
+                    (shared.factory)(),
+                    shared.codec.clone(),
+                    (transport, local, peer),
+                    shared.sessions.child_token(),
+                );
+                let on_live = |_: &Session<L::Out>| {};
+                let _ = stream_session(rd, wr, what, &shared.cfg, &shared.force, on_live).await;
+                drop(permit);
+            });
+            continue;
+        }
         let path = ep.path().to_string();
         shared.tracker.spawn(async move {
             if let Err(e) = serve_conn(stream, peer, transport, &path, &shared2, permit).await {
