@@ -9,14 +9,18 @@
 //!
 //! `compare-idle`: server RSS growth over 10,000 idle connections (one call on each first),
 //! per connection.
+//!
+//! `load IMP ADDR N SECS --calls C` (used by `costs`): exactly C calls shared by the N callers,
+//! no warm-up, SECS as the time limit.
 
-use crate::{impl_baseline, impl_qsocket, Error, ALLOCS};
+use crate::{impl_baseline, impl_qsocket, Error, ALLOCS, PAYLOAD};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use qsocket::rpc::Codec;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An implementation under test.
@@ -196,7 +200,7 @@ pub fn load_main(imp: Imp, addr: &str, n: usize, secs: u64) -> Result<(), Error>
     let rt = one_thread()?;
     rt.block_on(async move {
         let client = AnyClient::connect(imp, addr).await?;
-        let payload = Bytes::from(vec![7u8; 64]);
+        let payload = Bytes::from(vec![7u8; PAYLOAD]);
         let warm_end = Instant::now() + Duration::from_secs(1);
         let end = warm_end + Duration::from_secs(secs);
         let tasks: Vec<_> = (0..n)
@@ -213,7 +217,7 @@ pub fn load_main(imp: Imp, addr: &str, n: usize, secs: u64) -> Result<(), Error>
                             break;
                         }
                         let r = client.call(payload.clone()).await;
-                        let ok = matches!(&r, Ok(p) if p.len() == 64);
+                        let ok = matches!(&r, Ok(p) if p.len() == PAYLOAD);
                         if t0 >= warm_end {
                             if ok {
                                 done += 1;
@@ -254,13 +258,62 @@ pub fn load_main(imp: Imp, addr: &str, n: usize, secs: u64) -> Result<(), Error>
     })
 }
 
-fn spawn_self(cpu: Option<u32>, args: &[String]) -> Result<Child, Error> {
+/// `load IMP ADDR N SECS --calls C`: N callers on one connection share exactly `calls` calls
+/// (an atomic counter), without warm-up, within `secs` seconds; prints
+/// `RESULT calls=… errors=…`.
+pub fn load_calls(imp: Imp, addr: &str, n: usize, calls: u64, secs: u64) -> Result<(), Error> {
+    let rt = one_thread()?;
+    rt.block_on(async move {
+        let client = AnyClient::connect(imp, addr).await?;
+        let payload = Bytes::from(vec![7u8; PAYLOAD]);
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..n).map(|_| {
+            let (client, payload, next) = (client.clone(), payload.clone(), next.clone());
+            tokio::spawn(async move {
+                let (mut done, mut errors) = (0u64, 0u64);
+                while next.fetch_add(1, Ordering::Relaxed) < calls {
+                    match client.call(payload.clone()).await {
+                        Ok(p) if p.len() == PAYLOAD => done += 1,
+                        _ => errors += 1,
+                    }
+                }
+                (done, errors)
+            })
+        });
+        let all = futures_util::future::join_all(tasks);
+        let results = tokio::time::timeout(Duration::from_secs(secs), all)
+            .await
+            .map_err(|_| format!("{calls} calls took over {secs} s"))?;
+        let (mut done, mut errors) = (0u64, 0u64);
+        for r in results {
+            let (d, e) = r?;
+            done += d;
+            errors += e;
+        }
+        println!("RESULT calls={done} errors={errors}");
+        std::io::stdout().flush()?;
+        Ok(())
+    })
+}
+
+/// Starts this program with `args`, its stdin and stdout piped: pinned to `cpu` with `taskset`
+/// where it exists, and run under the command `wrap` (e.g. `strace -c -o FILE`) unless empty.
+pub(crate) fn spawn_self(
+    cpu: Option<u32>,
+    wrap: &[String],
+    args: &[String],
+) -> Result<Child, Error> {
     let exe = std::env::current_exe()?;
     let taskset = cpu.filter(|_| Command::new("taskset").arg("-V").output().is_ok());
-    let mut cmd = match taskset {
-        Some(c) => {
-            let mut cmd = Command::new("taskset");
-            cmd.arg("-c").arg(c.to_string()).arg(&exe);
+    let mut prefix: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(c) = taskset {
+        prefix.extend(["taskset".into(), "-c".into(), c.to_string().into()]);
+    }
+    prefix.extend(wrap.iter().map(Into::into));
+    let mut cmd = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(&exe);
             cmd
         }
         None => Command::new(&exe),
@@ -273,23 +326,52 @@ fn spawn_self(cpu: Option<u32>, args: &[String]) -> Result<Child, Error> {
         .spawn()?)
 }
 
-fn field(line: &str, key: &str) -> u64 {
+/// Waits at most `limit` for `child` to exit; kills it after that.
+pub(crate) fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus, Error> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "process {} did not exit within {} s",
+                child.id(),
+                limit.as_secs()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The number after `key=` in `line`, 0 if absent.
+pub(crate) fn field(line: &str, key: &str) -> u64 {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
-/// A started server process.
-struct ServerProc {
+/// A started server process (`serve IMP`); it exits when its stdin closes, so also when this
+/// is dropped.
+pub(crate) struct ServerProc {
     child: Child,
     out: BufReader<std::process::ChildStdout>,
-    addr: String,
+    /// The address it listens on.
+    pub(crate) addr: String,
 }
 
+/// How long a server may take to exit once its stdin is closed (under valgrind, callgrind
+/// writes its profile then).
+const SERVER_EXIT: Duration = Duration::from_secs(60);
+
 impl ServerProc {
-    fn start(imp: Imp, cpu: Option<u32>) -> Result<ServerProc, Error> {
-        let mut child = spawn_self(cpu, &["serve".into(), imp.name().into()])?;
+    /// Starts `serve IMP`, pinned to `cpu`, under `wrap` (see [`spawn_self`]).
+    pub(crate) fn start(imp: Imp, cpu: Option<u32>, wrap: &[String]) -> Result<ServerProc, Error> {
+        let mut child = spawn_self(cpu, wrap, &["serve".into(), imp.name().into()])?;
         let mut out = BufReader::new(child.stdout.take().ok_or("no stdout")?);
         let mut line = String::new();
         out.read_line(&mut line)?;
@@ -315,9 +397,10 @@ impl ServerProc {
         ))
     }
 
-    fn stop(mut self) {
+    /// Closes its stdin and waits (bounded) for it to exit.
+    pub(crate) fn stop(mut self) -> Result<ExitStatus, Error> {
         drop(self.child.stdin.take());
-        let _ = self.child.wait();
+        wait_bounded(&mut self.child, SERVER_EXIT)
     }
 }
 
@@ -335,9 +418,10 @@ pub struct Point {
 }
 
 fn run_point(imp: Imp, n: usize, secs: u64) -> Result<Point, Error> {
-    let mut server = ServerProc::start(imp, Some(0))?;
+    let mut server = ServerProc::start(imp, Some(0), &[])?;
     let mut client = spawn_self(
         Some(1),
+        &[],
         &[
             "load".into(),
             imp.name().into(),
@@ -359,7 +443,7 @@ fn run_point(imp: Imp, n: usize, secs: u64) -> Result<Point, Error> {
         }
     }
     let status = client.wait()?;
-    server.stop();
+    server.stop()?;
     let r =
         result.ok_or_else(|| format!("{} x{n}: the load process failed ({status})", imp.name()))?;
     let calls = field(&r, "calls").max(1) as f64;
@@ -452,7 +536,7 @@ pub fn cmd_compare_idle(imps: &[Imp], sessions: usize) -> Result<String, Error> 
         if matches!(imp, Imp::Qsocket("udp", _)) {
             continue; // UDP has no connections
         }
-        let mut server = ServerProc::start(imp, None)?;
+        let mut server = ServerProc::start(imp, None, &[])?;
         let before = server.stats()?.2;
         let addr = server.addr.clone();
         let held = rt.block_on(async {
@@ -479,7 +563,7 @@ pub fn cmd_compare_idle(imps: &[Imp], sessions: usize) -> Result<String, Error> 
         );
         out.push_str(&format!("| {} | {per:.2} KiB |\n", imp.name()));
         drop(held);
-        server.stop();
+        server.stop()?;
     }
     Ok(out)
 }

@@ -5,6 +5,9 @@
 //! cargo run -p qsocket-bench --release -- idle [--sessions N]
 //! cargo run -p qsocket-bench --release -- rpc  [--secs S]
 //! cargo run -p qsocket-bench --release -- all  [--secs S] [--inflight N] [--sessions N]
+//! cargo run -p qsocket-bench --release -- compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]
+//! cargo run -p qsocket-bench --release -- compare-idle [--impls A,B,…] [--sessions N]
+//! cargo run -p qsocket-bench --release -- costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]
 //! ```
 //!
 //! * `echo`: for each of TCP, UDP and WebSocket, a qsocket echo server and a qsocket client
@@ -18,6 +21,10 @@
 //! * `rpc [--secs S]`: unary echo calls through the RPC API per transport and codec at 1, 32
 //!   and 256 calls in flight on one connection (see `rpc.rs`).
 //! * `all`: everything, then Markdown tables for the README.
+//! * `compare`, `compare-idle`: every implementation (qsocket, a hand-written baseline, tarpc,
+//!   tonic) side by side, server and client in separate pinned processes (see `compare.rs`).
+//! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
+//!   server process, from two runs of fixed call counts (see `costs.rs`).
 //!
 //! Progress goes to stderr, results to stdout.
 
@@ -34,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::LengthDelimitedCodec;
 
 mod compare;
+mod costs;
 mod impl_baseline;
 mod impl_qsocket;
 mod impl_tarpc;
@@ -106,24 +114,31 @@ fn main() -> ExitCode {
         }
         "all" => cmd_all(&opts),
         "compare" => opts
-            .imps()
-            .and_then(|imps| compare::cmd_compare(&imps, &opts.ns, opts.secs, opts.rounds))
+            .imps(&compare::Imp::ALL)
+            .and_then(|imps| {
+                let ns = opts.ns.as_deref().unwrap_or(&[1, 32, 256]);
+                compare::cmd_compare(&imps, ns, opts.secs, opts.rounds)
+            })
             .map(|t| print!("{t}")),
         "compare-idle" => opts
-            .imps()
+            .imps(&compare::Imp::ALL)
             .and_then(|imps| compare::cmd_compare_idle(&imps, opts.sessions))
+            .map(|t| print!("{t}")),
+        "costs" => opts
+            .imps(&costs::DEFAULT_IMPS)
+            .and_then(|imps| costs::cmd_costs(&imps, opts.ns.as_deref().unwrap_or(&[1, 32])))
             .map(|t| print!("{t}")),
         "serve" => opts
             .pos(0)
             .and_then(compare::Imp::parse)
             .and_then(compare::serve_main),
         "load" => (|| {
-            compare::load_main(
-                compare::Imp::parse(opts.pos(0)?)?,
-                opts.pos(1)?,
-                opts.pos(2)?.parse()?,
-                opts.pos(3)?.parse()?,
-            )
+            let (imp, addr) = (compare::Imp::parse(opts.pos(0)?)?, opts.pos(1)?);
+            let (n, secs) = (opts.pos(2)?.parse()?, opts.pos(3)?.parse()?);
+            match opts.calls {
+                Some(calls) => compare::load_calls(imp, addr, n, calls, secs),
+                None => compare::load_main(imp, addr, n, secs),
+            }
         })(),
         "idle-server" => idle_server(),
         "-h" | "--help" | "help" => {
@@ -146,7 +161,11 @@ fn usage() {
         "usage: qsocket-bench echo [--secs S] [--inflight N]\n       \
          qsocket-bench idle [--sessions N]\n       \
          qsocket-bench rpc  [--secs S]\n       \
-         qsocket-bench all  [--secs S] [--inflight N] [--sessions N]"
+         qsocket-bench all  [--secs S] [--inflight N] [--sessions N]\n       \
+         qsocket-bench compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]\n       \
+         qsocket-bench compare-idle [--impls A,B,…] [--sessions N]\n       \
+         qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n\
+         implementations: baseline, qsocket, qsocket-json, qsocket-udp, qsocket-ws, tarpc, tonic"
     );
 }
 
@@ -155,8 +174,11 @@ struct Opts {
     inflight: usize,
     sessions: usize,
     rounds: usize,
-    ns: Vec<usize>,
+    /// `--n`: callers in flight, for `compare` and `costs` (each has its default).
+    ns: Option<Vec<usize>>,
     impls: Option<String>,
+    /// `--calls`: the call count of the hidden `load` subcommand.
+    calls: Option<u64>,
     positional: Vec<String>,
 }
 
@@ -168,9 +190,10 @@ impl Opts {
             .ok_or_else(|| format!("missing argument {}", i + 1).into())
     }
 
-    fn imps(&self) -> Result<Vec<compare::Imp>, Error> {
+    /// `--impls`, or `default`.
+    fn imps(&self, default: &[compare::Imp]) -> Result<Vec<compare::Imp>, Error> {
         match &self.impls {
-            None => Ok(compare::Imp::ALL.to_vec()),
+            None => Ok(default.to_vec()),
             Some(list) => list.split(',').map(compare::Imp::parse).collect(),
         }
     }
@@ -181,8 +204,9 @@ impl Opts {
             inflight: 32,
             sessions: 10_000,
             rounds: 3,
-            ns: vec![1, 32, 256],
+            ns: None,
             impls: None,
+            calls: None,
             positional: Vec::new(),
         };
         let mut it = args.iter();
@@ -198,11 +222,14 @@ impl Opts {
                 "--sessions" => o.sessions = value()?.parse()?,
                 "--rounds" => o.rounds = value()?.parse()?,
                 "--n" => {
-                    o.ns = value()?
-                        .split(',')
-                        .map(str::parse)
-                        .collect::<Result<_, _>>()?
+                    o.ns = Some(
+                        value()?
+                            .split(',')
+                            .map(str::parse)
+                            .collect::<Result<_, _>>()?,
+                    )
                 }
+                "--calls" => o.calls = Some(value()?.parse()?),
                 "--impls" => o.impls = Some(value()?),
                 f if !f.starts_with("--") => o.positional.push(f.to_string()),
                 _ => return Err(format!("unknown option {flag:?}").into()),
@@ -210,6 +237,9 @@ impl Opts {
         }
         if o.secs == 0 || o.inflight == 0 || o.sessions == 0 {
             return Err("--secs, --inflight and --sessions must be at least 1".into());
+        }
+        if o.ns.as_ref().is_some_and(|ns| ns.contains(&0)) {
+            return Err("--n values must be at least 1".into());
         }
         Ok(o)
     }
