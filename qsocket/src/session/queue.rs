@@ -252,6 +252,12 @@ impl<T> Receiver<T> {
             } else if st.senders == 0 {
                 return Poll::Ready(None);
             } else {
+                // Going idle: give the drained batch's buffer back to the queue (if the queue
+                // has none), so an idle session keeps one buffer, not two, and the next
+                // message needs no allocation.
+                if st.queue.capacity() == 0 && self.batch.capacity() > 0 {
+                    std::mem::swap(&mut st.queue, &mut self.batch);
+                }
                 match &st.rx_waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => st.rx_waker = Some(cx.waker().clone()),

@@ -11,7 +11,7 @@ use crate::Error;
 use bytes::BytesMut;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,9 @@ pub(crate) enum Inbound<T> {
 const BATCH: usize = 128;
 const FLUSH_BYTES: usize = 64 * 1024;
 const MIN_READ: usize = 512;
+/// The largest write buffer an idle session keeps (a larger one is given back when the
+/// handler goes idle).
+const KEEP_WHILE_IDLE: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
 
 /// The reader's share of the configuration (small and `Copy`, for the spawned reader task).
@@ -334,45 +337,11 @@ where
     }
 }
 
-impl<C> Out<C> {
-    /// Writes what is buffered: polled once in place (the common case: the socket takes it at
-    /// once, no timer is armed); only if that is pending does the write get a timeout and
-    /// become interruptible by a forced shutdown (boxed: rare, and its state would otherwise
-    /// sit in every idle session).
-    async fn flush<S: FrameSink, O>(
-        &mut self,
-        sink: &mut S,
-        session: &Session<O>,
-        cfg: &SessionConfig,
-        force: &CancellationToken,
-    ) -> Result<(), Error> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let bytes = self.buf.len() as u64;
-        let frames = std::mem::take(&mut self.frames);
-        let (buf, bounds) = (&mut self.buf, &mut self.bounds);
-        let mut write = |cx: &mut Context<'_>| sink.poll_write(cx, buf, bounds);
-        if let Poll::Ready(r) = poll_fn(|cx| Poll::Ready(write(cx))).await {
-            r?;
-        } else {
-            Box::pin(wait_bounded(poll_fn(write), cfg.write_timeout, force)).await?;
-        }
-        session.stats_ref().add_out(frames, bytes);
-        if self.buf.capacity() > 4 * FLUSH_BYTES {
-            // Do not keep a buffer that one burst made large.
-            self.buf = BytesMut::new();
-        }
-        Ok(())
-    }
-}
-
 /// Timers of one session: cron, WebSocket ping, timeout check, all served by one `Sleep`.
 struct Timers {
     cron: Option<(Duration, Instant)>,
     ping: Option<(Duration, Instant)>,
     check: Option<(Duration, Instant)>,
-    timeout: Option<Duration>,
 }
 
 impl Timers {
@@ -389,7 +358,6 @@ impl Timers {
             // re-armed from the last activity): an idle session wakes once per timeout, not
             // periodically.
             check: timeout.map(every),
-            timeout,
         }
     }
 
@@ -440,7 +408,7 @@ pub(crate) struct Parts<L: EventListener, C> {
     pub(crate) inbound: queue::Receiver<Inbound<L::In>>,
 }
 
-/// Runs the handler of one session until it closes: `on_open`, then the reader is spawned, then
+/// Runs the handler of one session until it closes: the reader is spawned, `on_open` runs, then
 /// messages, sends, ticks and writes until the session closes; then queued writes are drained,
 /// the write side shut down, and `on_close` runs once.
 ///
@@ -495,16 +463,19 @@ where
         failure: None,
         can_write: true,
     };
-    let (mut reader, mut on_live) = (reader, Some(on_live));
+    // Spawned now, so the handler's state keeps only its handle (reading can start while
+    // `on_open` runs: frames wait in the queue; a refused session aborts it unread). The
+    // handle aborts the reader however the handler ends, a panic in a callback included.
+    let reader = AbortOnDrop(reader.map(|make| tokio::spawn(make())));
+    let mut on_live = Some(on_live);
     async move {
         if let Err(e) = h.listener.on_open(&h.session).await {
             tracing::debug!(session = h.session.id(), peer = %h.session.peer_addr(), error = %e, "session refused");
             h.session.close();
+            drop(reader);
             Box::pin(h.sink.shutdown()).await;
             return Err(e);
         }
-        // Aborts the reader however the handler ends, a panic in a listener callback included.
-        let _reader = AbortOnDrop(reader.take().map(|make| tokio::spawn(make())));
         if let Some(f) = on_live.take() {
             f(&h.session);
         }
@@ -512,7 +483,7 @@ where
         h.run().await;
         // Closing: stop the reader, refuse new sends, write what was accepted, shut down.
         Box::pin(h.close()).await;
-        drop(_reader);
+        drop(reader);
         match &h.failure {
             Some(e) => {
                 tracing::debug!(session = h.session.id(), peer = %h.session.peer_addr(), error = %e, "session closed")
@@ -537,8 +508,9 @@ struct Handler<'a, L: EventListener, C, S> {
     timers: Timers,
     cfg: &'a SessionConfig,
     force: &'a CancellationToken,
-    /// `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it.
-    failure: Option<Error>,
+    /// `None`: a graceful end (closed locally or by the peer); `Some`: an error ended it
+    /// (boxed: rare, and this state is in every session).
+    failure: Option<Box<Error>>,
     /// Whether the write side still works (a failed write ends it).
     can_write: bool,
 }
@@ -562,23 +534,70 @@ where
     /// Records the error that ends the session (after telling the listener).
     async fn fail(&mut self, e: Error, can_write: bool) {
         self.listener.on_error(&self.session, &e).await;
-        self.failure = Some(e);
+        self.failure = Some(Box::new(e));
         self.can_write &= can_write;
+    }
+
+    /// Tells the listener about messages that could not be encoded (they were dropped).
+    async fn report_encode_errors(&mut self) {
+        for e in std::mem::take(&mut self.out.errors) {
+            self.listener.on_error(&self.session, &e).await;
+        }
+    }
+
+    /// Writes what is buffered: polled once in place (the common case: the socket takes it at
+    /// once, no timer is armed); only if that is pending does the write get a timeout and
+    /// become interruptible by a forced shutdown (boxed: rare, and its state would otherwise
+    /// sit in every idle session).
+    async fn write(&mut self) -> Result<(), Error> {
+        if self.out.buf.is_empty() {
+            return Ok(());
+        }
+        let (frames, bytes) = (self.out.frames, self.out.buf.len() as u64);
+        // What the first poll did, kept small: this sits in the handler's state while a slow
+        // write waits.
+        let first = poll_fn(|cx| {
+            Poll::Ready(
+                match self
+                    .sink
+                    .poll_write(cx, &mut self.out.buf, &mut self.out.bounds)
+                {
+                    Poll::Ready(Ok(())) => Ok(true),
+                    Poll::Ready(Err(e)) => Err(Box::new(e)),
+                    Poll::Pending => Ok(false),
+                },
+            )
+        });
+        if !first.await.map_err(|e| *e)? {
+            Box::pin(self.write_slow()).await?;
+        }
+        self.out.frames = 0;
+        self.session.stats_ref().add_out(frames, bytes);
+        Ok(())
+    }
+
+    /// The rest of a write the socket did not take at once, bounded by the write timeout and
+    /// the forced shutdown.
+    async fn write_slow(&mut self) -> Result<(), Error> {
+        let (sink, out) = (&mut self.sink, &mut self.out);
+        let write = poll_fn(|cx| sink.poll_write(cx, &mut out.buf, &mut out.bounds));
+        wait_bounded(write, self.cfg.write_timeout, self.force).await
     }
 
     /// Writes what is buffered; on failure records it and returns `false`.
     async fn flush(&mut self) -> bool {
-        match self
-            .out
-            .flush(&mut self.sink, &self.session, self.cfg, self.force)
-            .await
-        {
+        match self.write().await {
             Ok(()) => true,
             Err(e) => {
-                self.fail(e, false).await;
+                Box::pin(self.fail(e, false)).await;
                 false
             }
         }
+    }
+
+    /// Writes what is buffered while closing (errors end the closing quietly).
+    async fn flush_quiet(&mut self) -> bool {
+        self.write().await.is_ok()
     }
 
     /// Serves the session until it closes or fails.
@@ -616,29 +635,33 @@ where
                 if let Poll::Ready(Some(o)) = self.outbound.poll_recv(cx) {
                     return Poll::Ready(Ev::Out(o));
                 }
+                // Going idle: do not keep a write buffer that traffic made large.
+                if self.out.buf.capacity() > KEEP_WHILE_IDLE {
+                    self.out.buf = BytesMut::new();
+                }
                 Poll::Pending
             })
             .await;
 
-            let mut first = match ev {
+            let (mut first, tick) = match ev {
                 Ev::Closed | Ev::ReaderDone => return,
                 Ev::Out(o) => {
                     Outgoing::push(&mut self.out, o);
-                    None
+                    (None, false)
                 }
-                Ev::In(m) => Some(m),
-                Ev::Work => None,
-                Ev::Tick => {
-                    // Boxed: ticks are rare, and their awaits would enlarge every session.
-                    if !Box::pin(self.tick()).await {
-                        return;
-                    }
-                    sleep
-                        .as_mut()
-                        .reset(self.timers.next().unwrap_or(far).into());
-                    None
-                }
+                Ev::In(m) => (Some(m), false),
+                Ev::Work => (None, false),
+                Ev::Tick => (None, true),
             };
+            if tick {
+                // Boxed: ticks are rare, and their awaits would enlarge every session.
+                if !Box::pin(self.tick()).await {
+                    return;
+                }
+                sleep
+                    .as_mut()
+                    .reset(self.timers.next().unwrap_or(far).into());
+            }
 
             // Handle the batch of decoded messages that is ready, encoding replies as they come.
             let mut handled = 0;
@@ -652,16 +675,15 @@ where
                     },
                 };
                 handled += 1;
-                match msg {
-                    Inbound::Msg(m, at) => {
-                        let mut ctx = Ctx::new(&self.session, &mut self.out, at);
-                        self.listener.on_message(&mut ctx, m).await;
-                    }
+                let (m, at) = match msg {
+                    Inbound::Msg(m, at) => (m, at),
                     Inbound::Err(e) => {
-                        self.fail(e, true).await;
+                        Box::pin(self.fail(e, true)).await;
                         break;
                     }
-                }
+                };
+                let mut ctx = Ctx::new(&self.session, &mut self.out, at);
+                self.listener.on_message(&mut ctx, m).await;
                 if self.out.buf.len() >= FLUSH_BYTES && !self.flush().await {
                     return;
                 }
@@ -674,8 +696,8 @@ where
                     None => break,
                 }
             }
-            for e in std::mem::take(&mut self.out.errors) {
-                self.listener.on_error(&self.session, &e).await;
+            if !self.out.errors.is_empty() {
+                Box::pin(self.report_encode_errors()).await;
             }
             if !self.flush().await || self.failure.is_some() || self.session.is_closed() {
                 return;
@@ -687,7 +709,9 @@ where
     async fn tick(&mut self) -> bool {
         let now = Instant::now();
         if Timers::due(&mut self.timers.check, now) {
-            if let (Some(t), Some((_, at))) = (self.timers.timeout, self.timers.check.as_mut()) {
+            // The check's period is the session timeout.
+            if let Some((t, at)) = self.timers.check.as_mut() {
+                let t = *t;
                 let idle = self.session.idle_for();
                 if idle >= t {
                     self.fail(Error::Timeout(t), true).await;
@@ -710,14 +734,6 @@ where
                 .await;
         }
         true
-    }
-
-    /// Writes what is buffered while closing (errors end the closing quietly).
-    async fn flush_quiet(&mut self) -> bool {
-        self.out
-            .flush(&mut self.sink, &self.session, self.cfg, self.force)
-            .await
-            .is_ok()
     }
 
     /// Closes: stops the reader, refuses new sends, writes what was accepted (and, on a

@@ -339,6 +339,7 @@ where
         let shared2 = shared.clone();
         let transport = ep.transport();
         if transport == Transport::Tcp {
+            // (Only what must outlive the session's start is captured: it stays in the task.)
             // The session's handler is this task itself: no wrapper task, no box.
             shared.tracker.spawn(async move {
                 let shared = &shared2;
@@ -354,7 +355,7 @@ where
                 let what = (
                     (shared.factory)(),
                     shared.codec.clone(),
-                    (transport, local, peer),
+                    (Transport::Tcp, local, peer),
                     shared.sessions.child_token(),
                 );
                 let on_live = |_: &Session<L::Out>| {};
