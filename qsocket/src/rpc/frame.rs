@@ -283,18 +283,21 @@ pub fn encode_frame<E>(
     }
     let start = buf.len();
     buf.reserve(HEADER_LEN + h.service.len() + h.method.len() + h.metadata.len());
-    buf.put_slice(&MAGIC);
-    buf.put_u8(VERSION);
-    buf.put_u8(h.kind);
-    buf.put_u8(h.codec);
-    buf.put_u8(h.flags);
-    buf.put_u16(h.status);
-    buf.put_u64(h.id);
-    buf.put_u32(h.timeout_ms);
-    buf.put_u8(h.service.len() as u8);
-    buf.put_u8(h.method.len() as u8);
-    buf.put_u16(h.metadata.len() as u16);
-    buf.put_u32(0); // body length, patched below
+    // The fixed header is assembled on the stack and appended in one copy.
+    let mut head = [0u8; HEADER_LEN];
+    head[..2].copy_from_slice(&MAGIC);
+    head[2] = VERSION;
+    head[3] = h.kind;
+    head[4] = h.codec;
+    head[5] = h.flags;
+    head[6..8].copy_from_slice(&h.status.to_be_bytes());
+    head[8..16].copy_from_slice(&h.id.to_be_bytes());
+    head[16..20].copy_from_slice(&h.timeout_ms.to_be_bytes());
+    head[20] = h.service.len() as u8;
+    head[21] = h.method.len() as u8;
+    head[22..24].copy_from_slice(&(h.metadata.len() as u16).to_be_bytes());
+    // head[24..28]: the body length, patched below.
+    buf.put_slice(&head);
     buf.put_slice(h.service.as_bytes());
     buf.put_slice(h.method.as_bytes());
     buf.put_slice(h.metadata);

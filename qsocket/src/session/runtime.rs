@@ -28,6 +28,8 @@ pub(crate) enum Inbound<T> {
 const BATCH: usize = 128;
 const FLUSH_BYTES: usize = 64 * 1024;
 const MIN_READ: usize = 512;
+/// Small reads in a row after which the read size halves.
+const SHRINK_AFTER: u8 = 8;
 /// The largest write buffer an idle session keeps (a larger one is given back when the
 /// handler goes idle).
 const KEEP_WHILE_IDLE: usize = 1024;
@@ -174,6 +176,8 @@ where
     async move {
         let mut buf = BytesMut::new();
         let mut want = limits.read_buffer;
+        // Small reads in a row.
+        let mut small = 0u8;
         // When the partial frame now in `buf` started arriving.
         let mut partial_since: Option<Instant> = None;
         loop {
@@ -209,11 +213,21 @@ where
                     let stats = session.stats_ref();
                     stats.add_in(0, n as u64);
                     let at = stats.touch();
-                    // Adapt the next read size to the traffic (like netty's adaptive allocator).
+                    // Adapt the next read size to the traffic (like netty's adaptive
+                    // allocator): grow at once when a read fills the buffer; shrink only after
+                    // a run of small reads, so one short read (the tail of a burst) does not
+                    // make the next burst take two reads.
                     if before + n == buf.capacity() {
                         want = (want * 2).min(MAX_READ);
+                        small = 0;
                     } else if n < want / 4 {
-                        want = (want / 2).max(MIN_READ);
+                        small += 1;
+                        if small == SHRINK_AFTER {
+                            want = (want / 2).max(MIN_READ);
+                            small = 0;
+                        }
+                    } else {
+                        small = 0;
                     }
                     if !decode_all(&mut codec, &mut buf, &tx, &session, false, at).await {
                         return;
