@@ -5,14 +5,14 @@
 use super::codec::{Codec, Message};
 use super::context::current_deadline;
 use super::frame::{
-    control_frame, encode_frame, kind, put_metadata, EncodeError, Frame, FrameCodec, Header,
+    control_frame_mut, encode_frame, kind, put_metadata, EncodeError, Frame, FrameCodec, Header,
     Limits, HEADER_LEN,
 };
 use super::status::{Code, Sent, Status};
 use crate::session::MAX_DATAGRAM;
 use crate::session::{Client, Ctx, Endpoint, EventListener, Session, SessionConfig, Transport};
 use crate::Error;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -229,11 +229,15 @@ impl tokio_util::codec::Decoder for ClientCodec {
     }
 }
 
-impl tokio_util::codec::Encoder<Bytes> for ClientCodec {
+/// A client session carries whole frames as the `BytesMut` they were encoded in: a request
+/// is never frozen into `Bytes` (which allocates when the buffer is not full), only copied
+/// into the write buffer.
+impl tokio_util::codec::Encoder<BytesMut> for ClientCodec {
     type Error = std::io::Error;
 
-    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
-        self.frames.encode(frame, dst)
+    fn encode(&mut self, frame: BytesMut, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        dst.extend_from_slice(&frame);
+        Ok(())
     }
 }
 
@@ -252,7 +256,7 @@ struct ConnState {
 struct Conn(Arc<ConnParts>);
 
 struct ConnParts {
-    session: Session<Bytes>,
+    session: Session<BytesMut>,
     pending: Arc<Pending>,
     state: Arc<ConnState>,
 }
@@ -298,9 +302,9 @@ struct RpcClientListener {
 
 impl EventListener for RpcClientListener {
     type In = Frame;
-    type Out = Bytes;
+    type Out = BytesMut;
 
-    async fn on_open(&mut self, session: &Session<Bytes>) -> Result<(), Error> {
+    async fn on_open(&mut self, session: &Session<BytesMut>) -> Result<(), Error> {
         self.pool.lock().push(Conn(Arc::new(ConnParts {
             session: session.clone(),
             pending: self.pending.clone(),
@@ -310,11 +314,11 @@ impl EventListener for RpcClientListener {
         Ok(())
     }
 
-    async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, frame: Frame) {
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, BytesMut>, frame: Frame) {
         match frame.kind {
             // Responses are completed by the codec; heartbeat replies only prove life.
             kind::HEARTBEAT if frame.flags & super::frame::FLAG_REPLY == 0 => {
-                ctx.send(control_frame(
+                ctx.send(control_frame_mut(
                     kind::HEARTBEAT,
                     super::frame::FLAG_REPLY,
                     frame.id,
@@ -331,13 +335,13 @@ impl EventListener for RpcClientListener {
         }
     }
 
-    async fn on_cron(&mut self, ctx: &mut Ctx<'_, Bytes>) {
+    async fn on_cron(&mut self, ctx: &mut Ctx<'_, BytesMut>) {
         if ctx.session().idle_for() >= self.heartbeat {
-            ctx.send(control_frame(kind::HEARTBEAT, 0, 0));
+            ctx.send(control_frame_mut(kind::HEARTBEAT, 0, 0));
         }
     }
 
-    async fn on_close(&mut self, session: &Session<Bytes>) {
+    async fn on_close(&mut self, session: &Session<BytesMut>) {
         self.pool.lock().retain(|c| c.session.id() != session.id());
         let status = Status::unavailable("connection closed").with_sent(Sent::Maybe);
         self.pending.fail_session(session.id(), &status);
@@ -380,7 +384,7 @@ impl Default for RpcClientConfig {
 }
 
 /// The sessions to one endpoint and the calls pending on them.
-type EndpointClient = (Endpoint, Client<Bytes>, Arc<Pending>);
+type EndpointClient = (Endpoint, Client<BytesMut>, Arc<Pending>);
 
 /// An RPC client over a set of endpoints. Cheap to clone.
 #[derive(Clone)]
@@ -715,7 +719,7 @@ impl Drop for CallGuard<'_> {
             let _ = self
                 .conn
                 .session
-                .try_send(control_frame(kind::CANCEL, 0, self.id));
+                .try_send(control_frame_mut(kind::CANCEL, 0, self.id));
         }
         // The last call on a connection the server asked us to leave closes it.
         let state = &self.conn.state;
@@ -877,7 +881,7 @@ impl Call<'_> {
         let closed = || Status::unavailable("connection closed before the request was sent");
         // Queue without a timer when there is room (the usual case); wait, bounded by the
         // deadline, only when the connection is behind.
-        match conn.session.try_send(buf.freeze()) {
+        match conn.session.try_send(buf) {
             Ok(()) => {}
             Err(crate::session::TrySendError::Closed(_)) => return Err(closed()),
             Err(crate::session::TrySendError::Full(frame)) => {
@@ -901,7 +905,9 @@ impl Call<'_> {
         let result = match rx.await {
             Ok(Err(st)) if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe => {
                 // Tell the server it may stop working on it.
-                let _ = conn.session.try_send(control_frame(kind::CANCEL, 0, id));
+                let _ = conn
+                    .session
+                    .try_send(control_frame_mut(kind::CANCEL, 0, id));
                 Err(st)
             }
             Ok(r) => r.map(Some),

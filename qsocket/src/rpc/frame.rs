@@ -317,6 +317,11 @@ pub fn encode_frame<E>(
 
 /// A frame with no names, metadata or body (heartbeat, cancel, goaway).
 pub fn control_frame(kind: u8, flags: u8, id: u64) -> Bytes {
+    control_frame_mut(kind, flags, id).freeze()
+}
+
+/// [`control_frame`], still in its buffer.
+pub fn control_frame_mut(kind: u8, flags: u8, id: u64) -> BytesMut {
     let mut buf = BytesMut::with_capacity(HEADER_LEN);
     let h = Header {
         kind,
@@ -326,7 +331,7 @@ pub fn control_frame(kind: u8, flags: u8, id: u64) -> Bytes {
     };
     // Nothing in it can exceed a limit.
     let _ = encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(()));
-    buf.freeze()
+    buf
 }
 
 /// Why [`encode_frame`] failed.

@@ -20,6 +20,18 @@ struct State<T> {
     closed: bool,
     senders: usize,
     rx_waker: Option<Waker>,
+    /// How many messages the receiver took last time: an empty buffer is grown to that at
+    /// once instead of doubling step by step (one allocation per burst, not several).
+    last: usize,
+}
+
+impl<T> State<T> {
+    /// Room for the next message.
+    fn room(&mut self, cap: usize) {
+        if self.queue.capacity() == 0 {
+            self.queue.reserve(self.last.clamp(1, cap));
+        }
+    }
 }
 
 struct Shared<T> {
@@ -89,6 +101,7 @@ pub(crate) fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
             closed: false,
             senders: 1,
             rx_waker: None,
+            last: 0,
         }),
         closed: AtomicBool::new(false),
         cap: cap.max(1),
@@ -116,6 +129,7 @@ impl<T> Sender<T> {
             if st.queue.len() >= self.shared.cap {
                 return Err((msg, true));
             }
+            st.room(self.shared.cap);
             st.queue.push_back(msg);
             if st.queue.len() == 1 {
                 st.rx_waker.take()
@@ -165,7 +179,10 @@ impl<T> Sender<T> {
             let mut done = false;
             while st.queue.len() < self.shared.cap {
                 match next() {
-                    Some(msg) => st.queue.push_back(msg),
+                    Some(msg) => {
+                        st.room(self.shared.cap);
+                        st.queue.push_back(msg)
+                    }
                     None => {
                         done = true;
                         break;
@@ -224,6 +241,7 @@ impl<T> Receiver<T> {
                 return false;
             }
             let full = st.queue.len() >= self.shared.cap;
+            st.last = st.queue.len();
             std::mem::swap(&mut st.queue, &mut self.batch);
             full
         };

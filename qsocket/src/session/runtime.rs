@@ -304,12 +304,22 @@ struct Out<C> {
     frames: u64,
     /// Whether each frame travels as its own message, and the largest one the sink carries.
     messages: bool,
+    /// The size of the write buffer given back when the handler last went idle: the next
+    /// burst starts with that much room instead of growing step by step.
+    hint: u32,
     max_message: usize,
     /// Messages that could not be encoded (they are dropped; the rest go out).
     errors: Vec<Error>,
 }
 
 impl<C: Send> Out<C> {
+    /// Before appending: a buffer given back while idle is made again at the size it had.
+    fn room(&mut self) {
+        if self.buf.capacity() == 0 && self.hint > 0 {
+            self.buf.reserve(self.hint as usize);
+        }
+    }
+
     /// Closes the frame that started at `start`.
     fn end_frame(&mut self, start: usize) {
         if self.messages {
@@ -333,6 +343,7 @@ where
     C: Encoder<O, Error: Into<crate::error::BoxError>> + Send,
 {
     fn push(&mut self, msg: O) {
+        self.room();
         let start = self.buf.len();
         if let Err(e) = self.codec.encode(msg, &mut self.buf) {
             self.buf.truncate(start);
@@ -343,6 +354,7 @@ where
     }
 
     fn push_raw(&mut self, write: &mut dyn FnMut(&mut BytesMut)) {
+        self.room();
         let start = self.buf.len();
         write(&mut self.buf);
         if self.buf.len() > start {
@@ -463,6 +475,7 @@ where
             bounds: Vec::new(),
             frames: 0,
             messages: S::MESSAGES,
+            hint: 0,
             max_message: sink.max_message(),
             errors: Vec::new(),
         },
@@ -651,6 +664,8 @@ where
                 }
                 // Going idle: do not keep a write buffer that traffic made large.
                 if self.out.buf.capacity() > KEEP_WHILE_IDLE {
+                    let size = self.out.buf.capacity().min(FLUSH_BYTES);
+                    self.out.hint = u32::try_from(size).unwrap_or(u32::MAX);
                     self.out.buf = BytesMut::new();
                 }
                 Poll::Pending
