@@ -2,23 +2,37 @@
 
 use super::frame::Metadata;
 use bytes::Bytes;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-tokio::task_local! {
-    /// The deadline of the request being handled, while its handler is polled.
-    static DEADLINE: Option<Instant>;
+thread_local! {
+    /// The deadline of the request whose handler is being polled on this thread. A handler
+    /// runs only inside its server's poll, so a thread-local set around that poll is the
+    /// task's own (and cheaper per call than a tokio task-local).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Puts the previous deadline back when a poll ends, a panicking one included.
+struct Restore(Option<Instant>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        DEADLINE.with(|d| d.set(self.0));
+    }
 }
 
 /// Runs `f` with `deadline` as the current call's deadline.
 pub(crate) fn with_deadline<R>(deadline: Option<Instant>, f: impl FnOnce() -> R) -> R {
-    DEADLINE.sync_scope(deadline, f)
+    let _restore = Restore(DEADLINE.with(|d| d.replace(deadline)));
+    f()
 }
 
 /// The deadline of the request whose handler is running now, if any: calls made from inside a
-/// handler inherit it (unless given an earlier one).
+/// handler inherit it (unless given an earlier one). Tasks a handler spawns do not inherit
+/// it.
 pub fn current_deadline() -> Option<Instant> {
-    DEADLINE.try_with(|d| *d).ok().flatten()
+    DEADLINE.with(Cell::get)
 }
 
 /// The server side of one call: deadline, metadata, peer.
