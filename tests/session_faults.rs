@@ -518,3 +518,85 @@ async fn a_frame_trickled_in_byte_by_byte_still_hits_the_read_timeout() {
         .await;
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A listener whose `on_open` waits for the test's go-ahead, then accepts or refuses; it logs
+/// the order of its callbacks and echoes messages.
+struct Gated {
+    log: Arc<std::sync::Mutex<Vec<&'static str>>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    accept: bool,
+}
+
+impl qsocket::session::EventListener for Gated {
+    type In = bytes::BytesMut;
+    type Out = Bytes;
+    async fn on_open(
+        &mut self,
+        _s: &qsocket::session::Session<Bytes>,
+    ) -> Result<(), qsocket::Error> {
+        self.log.lock().expect("log").push("open-start");
+        let _ = self.gate.acquire().await;
+        self.log.lock().expect("log").push("open-done");
+        if self.accept {
+            Ok(())
+        } else {
+            Err(qsocket::Error::refused("no"))
+        }
+    }
+    async fn on_message(&mut self, ctx: &mut qsocket::session::Ctx<'_, Bytes>, m: bytes::BytesMut) {
+        self.log.lock().expect("log").push("msg");
+        ctx.send(m.freeze());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_during_on_open_wait_for_it_and_a_refusal_drops_them() {
+    for accept in [true, false] {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (l, g) = (log.clone(), gate.clone());
+        let server = Server::builder(codec(), move || Gated {
+            log: l.clone(),
+            gate: g.clone(),
+            accept,
+        })
+        .bind("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .expect("server");
+        let addr = server.local_addr(Transport::Tcp).expect("addr");
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        // Sent while on_open is still waiting: the reader may take it in, but it must wait.
+        s.write_all(&frame(b"early")).await.expect("write");
+        let l = log.clone();
+        eventually("on_open started", move || {
+            !l.lock().expect("log").is_empty()
+        })
+        .await;
+        assert_eq!(
+            *log.lock().expect("log"),
+            ["open-start"],
+            "nothing before on_open ends"
+        );
+        gate.add_permits(1);
+        if accept {
+            let mut got = vec![0u8; 4 + 5];
+            within("echo after on_open", s.read_exact(&mut got))
+                .await
+                .expect("read echo");
+            assert_eq!(got, frame(b"early"));
+            assert_eq!(
+                *log.lock().expect("log"),
+                ["open-start", "open-done", "msg"]
+            );
+        } else {
+            let mut buf = [0u8; 16];
+            let n = within("refused connection closed", s.read(&mut buf))
+                .await
+                .unwrap_or(0);
+            assert_eq!(n, 0, "EOF, no echo");
+            assert_eq!(*log.lock().expect("log"), ["open-start", "open-done"]);
+        }
+        server.shutdown(Duration::from_secs(5)).await;
+    }
+}

@@ -44,7 +44,9 @@ pub trait EventListener: Send + 'static {
     type Out: Send + 'static;
 
     /// The session is connected. Return an error to refuse it: it is then closed without
-    /// `on_close`.
+    /// `on_close`. Reading has already begun: messages that arrive meanwhile wait and are
+    /// handed to `on_message` only after `on_open` returns `Ok` (a refused session's are
+    /// dropped).
     fn on_open(
         &mut self,
         session: &Session<Self::Out>,
