@@ -17,8 +17,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// A source of endpoints for a client: a fixed list now, a registry-backed list later.
 pub trait Endpoints: Send + Sync + 'static {
@@ -42,10 +43,19 @@ impl Endpoints for StaticEndpoints {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Frame, Status>>;
+/// Where a call stands in its slot.
+enum State {
+    /// The slot is free.
+    Free,
+    /// Waiting for the response; the caller's waker once it has polled.
+    Waiting(Option<Waker>),
+    /// Answered (or failed), not yet taken by the caller.
+    Done(Result<Frame, Status>),
+}
 
 /// The calls waiting for a response, for all sessions to one endpoint. A response completes
-/// its call right where it is decoded, in the session's reader (see [`ClientCodec`]).
+/// its call right where it is decoded, in the session's reader (see [`ClientCodec`]): it is
+/// put in the call's slot and the caller woken — no channel, no allocation per call.
 pub(crate) struct Pending {
     inner: Mutex<Table>,
     /// Wakes the deadline sweeper when the first call is registered.
@@ -55,16 +65,35 @@ pub(crate) struct Pending {
 struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Slots in use (waiting or answered).
     len: usize,
 }
 
 struct Slot {
     generation: u32,
-    waiter: Option<Waiter>,
+    state: State,
     /// When the caller stops waiting.
     deadline: Instant,
     /// The session the request went out on.
     session: u64,
+}
+
+impl Table {
+    /// The slot of `id`, if it is still that call's.
+    fn slot(&mut self, id: u64) -> Option<&mut Slot> {
+        let (generation, index) = ((id >> 32) as u32, id as u32 as usize);
+        self.slots
+            .get_mut(index)
+            .filter(|s| s.generation == generation && !matches!(s.state, State::Free))
+    }
+
+    fn release(&mut self, id: u64) {
+        if let Some(slot) = self.slot(id) {
+            slot.state = State::Free;
+            self.free.push(id as u32);
+            self.len -= 1;
+        }
+    }
 }
 
 impl Pending {
@@ -84,14 +113,14 @@ impl Pending {
     }
 
     /// Registers a call on `session`; its id is `generation << 32 | slot`.
-    fn insert(&self, waiter: Waiter, session: u64, deadline: Instant) -> u64 {
+    fn insert(&self, session: u64, deadline: Instant) -> u64 {
         let mut t = self.lock();
         let index = match t.free.pop() {
             Some(i) => i,
             None => {
                 t.slots.push(Slot {
                     generation: 0,
-                    waiter: None,
+                    state: State::Free,
                     session: 0,
                     deadline,
                 });
@@ -100,7 +129,7 @@ impl Pending {
         };
         let slot = &mut t.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
-        slot.waiter = Some(waiter);
+        slot.state = State::Waiting(None);
         slot.session = session;
         slot.deadline = deadline;
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
@@ -113,38 +142,77 @@ impl Pending {
         id
     }
 
-    /// Takes the waiter of `id`, if it is still pending.
-    fn take(&self, id: u64) -> Option<Waiter> {
-        let (generation, index) = ((id >> 32) as u32, id as u32 as usize);
-        let mut t = self.lock();
-        let slot = t.slots.get_mut(index)?;
-        if slot.generation != generation {
-            return None;
+    /// Ends call `id` with `result` if it is still waiting, and wakes its caller.
+    fn complete(&self, id: u64, result: Result<Frame, Status>) {
+        let waker = {
+            let mut t = self.lock();
+            match t.slot(id) {
+                Some(slot) => match std::mem::replace(&mut slot.state, State::Done(result)) {
+                    State::Waiting(w) => w,
+                    // Already answered: keep the first outcome.
+                    other => {
+                        slot.state = other;
+                        None
+                    }
+                },
+                None => None,
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        let w = slot.waiter.take()?;
-        t.free.push(index as u32);
-        t.len -= 1;
-        Some(w)
     }
 
-    /// Ends, with `status`, every pending call whose slot matches `pred`.
+    /// The caller's side: the outcome of call `id` once there is one (the slot is then free).
+    fn poll_outcome(&self, id: u64, cx: &mut Context<'_>) -> Poll<Result<Frame, Status>> {
+        let mut t = self.lock();
+        let Some(slot) = t.slot(id) else {
+            return Poll::Ready(Err(Status::internal("call lost its slot")));
+        };
+        match std::mem::replace(&mut slot.state, State::Free) {
+            State::Waiting(w) => {
+                let w = match w {
+                    Some(w) if w.will_wake(cx.waker()) => w,
+                    _ => cx.waker().clone(),
+                };
+                slot.state = State::Waiting(Some(w));
+                Poll::Pending
+            }
+            State::Done(r) => {
+                t.free.push(id as u32);
+                t.len -= 1;
+                Poll::Ready(r)
+            }
+            State::Free => Poll::Ready(Err(Status::internal("call lost its slot"))),
+        }
+    }
+
+    /// Gives up call `id` (its caller stopped waiting); `true` if no outcome had arrived.
+    fn remove(&self, id: u64) -> bool {
+        let mut t = self.lock();
+        let waiting = matches!(t.slot(id).map(|s| &s.state), Some(State::Waiting(_)));
+        t.release(id);
+        waiting
+    }
+
+    /// Ends, with `status`, every waiting call whose slot matches `pred`.
     fn fail_where(&self, pred: impl Fn(&Slot) -> bool, status: &Status) {
-        let waiters: Vec<Waiter> = {
+        let wakers: Vec<Waker> = {
             let mut t = self.lock();
-            let mut taken = Vec::new();
-            let mut freed = Vec::new();
-            for (i, slot) in t.slots.iter_mut().enumerate() {
-                if slot.waiter.is_some() && pred(slot) {
-                    taken.extend(slot.waiter.take());
-                    freed.push(i as u32);
+            let mut wakers = Vec::new();
+            for slot in t.slots.iter_mut() {
+                if matches!(slot.state, State::Waiting(_)) && pred(slot) {
+                    if let State::Waiting(Some(w)) =
+                        std::mem::replace(&mut slot.state, State::Done(Err(status.clone())))
+                    {
+                        wakers.push(w);
+                    }
                 }
             }
-            t.len -= taken.len();
-            t.free.extend(freed);
-            taken
+            wakers
         };
-        for w in waiters {
-            let _ = w.send(Err(status.clone()));
+        for w in wakers {
+            w.wake();
         }
     }
 
@@ -199,9 +267,8 @@ impl ClientCodec {
         if frame.kind != kind::RESPONSE {
             return Some(frame);
         }
-        if let Some(w) = self.pending.take(frame.id) {
-            let _ = w.send(Ok(frame));
-        }
+        let id = frame.id;
+        self.pending.complete(id, Ok(frame));
         None
     }
 }
@@ -715,7 +782,7 @@ struct CallGuard<'a> {
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        if self.armed && self.conn.pending.take(self.id).is_some() && self.written {
+        if self.armed && self.conn.pending.remove(self.id) && self.written {
             let _ = self
                 .conn
                 .session
@@ -820,11 +887,10 @@ impl Call<'_> {
             }
             None => None,
         };
-        let (tx, rx) = oneshot::channel();
         let (id, guard) = if oneway {
             (0, None)
         } else {
-            let id = conn.pending.insert(tx, conn.session.id(), deadline);
+            let id = conn.pending.insert(conn.session.id(), deadline);
             conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
             let guard = CallGuard {
                 conn: &conn,
@@ -900,21 +966,92 @@ impl Call<'_> {
             return Ok(None);
         };
         guard.written = true;
-        let maybe = |st: Status| st.with_sent(Sent::Maybe);
         // No timer per call: the endpoint's sweeper ends calls whose deadline has passed.
-        let result = match rx.await {
-            Ok(Err(st)) if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe => {
+        let outcome = std::future::poll_fn(|cx| conn.pending.poll_outcome(id, cx)).await;
+        // The slot is free once the outcome is taken.
+        guard.armed = false;
+        let result = match outcome {
+            Err(st) if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe => {
                 // Tell the server it may stop working on it.
                 let _ = conn
                     .session
                     .try_send(control_frame_mut(kind::CANCEL, 0, id));
                 Err(st)
             }
-            Ok(r) => r.map(Some),
-            Err(_) => Err(maybe(Status::unavailable("connection closed"))),
+            r => r.map(Some),
         };
-        guard.armed = false;
         drop(guard);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+    use tokio_util::codec::Decoder;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn response(id: u64) -> Frame {
+        let mut buf = BytesMut::new();
+        let h = Header {
+            kind: kind::RESPONSE,
+            id,
+            ..Header::default()
+        };
+        encode_frame(&mut buf, &h, &Limits::default(), |_| Ok::<_, ()>(())).expect("encode");
+        FrameCodec::new(Limits::default())
+            .decode(&mut buf)
+            .expect("decode")
+            .expect("whole frame")
+    }
+
+    #[test]
+    fn a_slot_takes_one_outcome_wakes_its_caller_and_ignores_stale_ids() {
+        let p = Pending::new();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let far = Instant::now() + Duration::from_secs(60);
+
+        let id = p.insert(7, far);
+        assert!(p.poll_outcome(id, &mut cx).is_pending());
+        p.complete(id, Ok(response(id)));
+        p.complete(id, Err(Status::internal("second outcome is ignored")));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken once");
+        match p.poll_outcome(id, &mut cx) {
+            Poll::Ready(Ok(f)) => assert_eq!(f.id, id),
+            other => panic!("expected the response, got {other:?}"),
+        }
+        assert_eq!(p.len(), 0, "slot free once taken");
+
+        // The slot is reused with a new generation: the old id no longer reaches it.
+        let id2 = p.insert(7, far);
+        assert_eq!(id2 as u32, id as u32);
+        assert_ne!(id2, id);
+        p.complete(id, Ok(response(id)));
+        assert!(
+            p.poll_outcome(id2, &mut cx).is_pending(),
+            "stale id ignored"
+        );
+
+        // A closing session fails its waiting calls; giving up a call frees its slot.
+        let other = p.insert(8, far);
+        p.fail_session(7, &Status::unavailable("gone"));
+        match p.poll_outcome(id2, &mut cx) {
+            Poll::Ready(Err(st)) => assert_eq!(st.code(), Code::Unavailable),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        assert!(p.remove(other), "still waiting when given up");
+        assert_eq!(p.len(), 0);
+        p.expire(Instant::now() + Duration::from_secs(120));
+        assert_eq!(p.len(), 0);
     }
 }
