@@ -150,5 +150,12 @@ where
     let (parts, tx, session) = parts(listener, codec.clone(), addrs, token, cfg);
     let limits = ReadLimits::from(cfg);
     let reader = move || stream_reader(rd, codec, tx, session, limits);
-    drive(parts, StreamSink(wr), Some(reader), cfg, force, on_live)
+    drive(
+        parts,
+        StreamSink::new(wr),
+        Some(reader),
+        cfg,
+        force,
+        on_live,
+    )
 }

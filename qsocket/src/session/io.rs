@@ -96,7 +96,18 @@ pub(crate) trait FrameSink: Send + 'static {
 }
 
 /// A byte-stream sink: every queued frame goes out in one `write_all`.
-pub(crate) struct StreamSink<W>(pub(crate) W);
+pub(crate) struct StreamSink<W> {
+    io: W,
+    /// Bytes of the write under way already written (the buffer is emptied, keeping its
+    /// allocation, once all are).
+    written: usize,
+}
+
+impl<W> StreamSink<W> {
+    pub(crate) fn new(io: W) -> Self {
+        StreamSink { io, written: 0 }
+    }
+}
 
 impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for StreamSink<W> {
     const MESSAGES: bool = false;
@@ -107,22 +118,23 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for StreamSink<W> {
         buf: &mut BytesMut,
         bounds: &mut Vec<usize>,
     ) -> Poll<Result<(), Error>> {
-        while !buf.is_empty() {
-            let n = std::task::ready!(Pin::new(&mut self.0).poll_write(cx, buf))?;
+        while self.written < buf.len() {
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &buf[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
             }
-            bytes::Buf::advance(buf, n);
+            self.written += n;
         }
         // TLS keeps encrypted bytes inside until flushed (a no-op for plain TCP).
-        std::task::ready!(Pin::new(&mut self.0).poll_flush(cx))?;
+        std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.written = 0;
         buf.clear();
         bounds.clear();
         Poll::Ready(Ok(()))
     }
 
     async fn shutdown(&mut self) {
-        let _ = self.0.shutdown().await;
+        let _ = self.io.shutdown().await;
     }
 }
 

@@ -304,9 +304,10 @@ struct Out<C> {
     frames: u64,
     /// Whether each frame travels as its own message, and the largest one the sink carries.
     messages: bool,
-    /// The size of the write buffer given back when the handler last went idle: the next
-    /// burst starts with that much room instead of growing step by step.
-    hint: u32,
+    /// While busy: the most bytes buffered since the handler last went idle. After a large
+    /// buffer was given back: the size to make the next one with, so a burst starts with that
+    /// much room instead of growing step by step (then it counts anew).
+    mark: u32,
     max_message: usize,
     /// Messages that could not be encoded (they are dropped; the rest go out).
     errors: Vec<Error>,
@@ -315,9 +316,29 @@ struct Out<C> {
 impl<C: Send> Out<C> {
     /// Before appending: a buffer given back while idle is made again at the size it had.
     fn room(&mut self) {
-        if self.buf.capacity() == 0 && self.hint > 0 {
-            self.buf.reserve(self.hint as usize);
+        if self.buf.capacity() == 0 && self.mark > 0 {
+            self.buf.reserve(self.mark as usize);
+            self.mark = 0;
         }
+    }
+
+    /// The handler is going idle: a buffer that traffic made large is given back (only when
+    /// everything in it is written), remembering its size for the next burst.
+    fn idle(&mut self) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        // The most bytes this burst buffered (or the size kept from the last release, when
+        // nothing was pushed since).
+        let used = self.mark as usize;
+        if self.buf.capacity() > KEEP_WHILE_IDLE || used > KEEP_WHILE_IDLE {
+            self.buf = BytesMut::new();
+        }
+        self.mark = if used > KEEP_WHILE_IDLE {
+            u32::try_from(used.min(FLUSH_BYTES)).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
     }
 
     /// Closes the frame that started at `start`.
@@ -335,6 +356,8 @@ impl<C: Send> Out<C> {
             self.bounds.push(self.buf.len());
         }
         self.frames += 1;
+        let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
+        self.mark = self.mark.max(len);
     }
 }
 
@@ -475,7 +498,7 @@ where
             bounds: Vec::new(),
             frames: 0,
             messages: S::MESSAGES,
-            hint: 0,
+            mark: 0,
             max_message: sink.max_message(),
             errors: Vec::new(),
         },
@@ -663,11 +686,7 @@ where
                     return Poll::Ready(Ev::Out(o));
                 }
                 // Going idle: do not keep a write buffer that traffic made large.
-                if self.out.buf.capacity() > KEEP_WHILE_IDLE {
-                    let size = self.out.buf.capacity().min(FLUSH_BYTES);
-                    self.out.hint = u32::try_from(size).unwrap_or(u32::MAX);
-                    self.out.buf = BytesMut::new();
-                }
+                self.out.idle();
                 Poll::Pending
             })
             .await;
@@ -835,5 +854,70 @@ where
             };
             let _ = guarded(shutdown, self.cfg.write_timeout, force).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio_util::codec::BytesCodec;
+
+    fn out() -> Out<BytesCodec> {
+        Out {
+            codec: BytesCodec::new(),
+            buf: BytesMut::new(),
+            bounds: Vec::new(),
+            frames: 0,
+            messages: false,
+            mark: 0,
+            max_message: usize::MAX,
+            errors: Vec::new(),
+        }
+    }
+
+    /// What a sink does once everything is written.
+    fn written(o: &mut Out<BytesCodec>) {
+        o.buf.clear();
+        o.bounds.clear();
+    }
+
+    #[test]
+    fn an_idle_handler_gives_back_a_large_write_buffer_and_regrows_it_at_once() {
+        let mut o = out();
+        // Small traffic: the buffer is kept while idle (no allocation per call).
+        Outgoing::push(&mut o, Bytes::from_static(&[1; 31]));
+        written(&mut o);
+        o.idle();
+        let small = o.buf.capacity();
+        assert!((31..=KEEP_WHILE_IDLE).contains(&small));
+        Outgoing::push(&mut o, Bytes::from_static(&[1; 31]));
+        assert_eq!(o.buf.capacity(), small, "kept and reused");
+        written(&mut o);
+        o.idle();
+
+        // A burst: given back when idle, but not while it still holds unwritten bytes.
+        for _ in 0..100 {
+            Outgoing::push(&mut o, Bytes::from(vec![2u8; 100]));
+        }
+        o.idle();
+        assert_eq!(o.buf.len(), 10_000, "unwritten bytes are never dropped");
+        written(&mut o);
+        o.idle();
+        assert_eq!(o.buf.capacity(), 0, "given back");
+        // The next burst starts with room for the last one.
+        Outgoing::push(&mut o, Bytes::from(vec![3u8; 100]));
+        assert!(o.buf.capacity() >= 10_000);
+        written(&mut o);
+        o.idle();
+        assert_eq!(o.buf.capacity(), 0, "still large: given back again");
+        // Small traffic again: the size hint follows it down.
+        Outgoing::push(&mut o, Bytes::from_static(&[4; 31]));
+        written(&mut o);
+        o.idle();
+        Outgoing::push(&mut o, Bytes::from_static(&[4; 31]));
+        written(&mut o);
+        o.idle();
+        assert!(o.buf.capacity() > 0 && o.buf.capacity() <= KEEP_WHILE_IDLE);
     }
 }

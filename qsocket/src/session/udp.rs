@@ -8,8 +8,10 @@ use super::queue;
 use super::runtime::{decode_all, Inbound, ReadLimits};
 use crate::Error;
 use bytes::BytesMut;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::net::UdpSocket;
@@ -25,6 +27,8 @@ pub(crate) struct UdpSink {
     peer: Option<SocketAddr>,
     /// Datagrams of the write under way already sent.
     sent: usize,
+    /// Waiting for the shared socket to take datagrams again (see `poll_write`).
+    ready: Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>,
 }
 
 impl UdpSink {
@@ -33,6 +37,7 @@ impl UdpSink {
             socket,
             peer: None,
             sent: 0,
+            ready: None,
         }
     }
 
@@ -41,6 +46,7 @@ impl UdpSink {
             socket,
             peer: Some(peer),
             sent: 0,
+            ready: None,
         }
     }
 }
@@ -62,10 +68,29 @@ impl FrameSink for UdpSink {
         while let Some(&end) = bounds.get(self.sent) {
             let start = self.sent.checked_sub(1).map_or(0, |i| bounds[i]);
             let datagram = &buf[start..end];
-            std::task::ready!(match self.peer {
-                Some(p) => self.socket.poll_send_to(cx, datagram, p),
-                None => self.socket.poll_send(cx, datagram),
-            })?;
+            match self.peer {
+                None => {
+                    std::task::ready!(self.socket.poll_send(cx, datagram))?;
+                }
+                // A server's sessions share one socket, and its `poll_send_to` keeps a single
+                // waker: a session waiting there could be forgotten when another waits too.
+                // So: try to send, and when the socket is full wait through `writable()`,
+                // which wakes every waiter (boxed: only under backpressure).
+                Some(p) => loop {
+                    if let Some(ready) = self.ready.as_mut() {
+                        std::task::ready!(ready.as_mut().poll(cx))?;
+                        self.ready = None;
+                    }
+                    match self.socket.try_send_to(datagram, p) {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let socket = self.socket.clone();
+                            self.ready = Some(Box::pin(async move { socket.writable().await }));
+                        }
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                },
+            }
             self.sent += 1;
         }
         self.sent = 0;
