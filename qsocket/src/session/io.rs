@@ -9,9 +9,6 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The largest empty read buffer a TCP session keeps while it waits for data.
-const KEEP_WHILE_WAITING: usize = 1024;
-
 /// Where a stream reader gets bytes from. Poll-based, so a reader waiting for data holds no
 /// read future in its state.
 pub(crate) trait ReadSource: Send + 'static {
@@ -32,19 +29,16 @@ fn room_for(buf: &mut BytesMut, want: usize) {
 }
 
 impl ReadSource for tokio::net::tcp::OwnedReadHalf {
-    /// Waits for readiness *before* allocating, and gives a large empty buffer back before it
-    /// may wait: an idle TCP session holds no read buffer. The read itself goes through
-    /// tokio's `poll_read`, which treats a short read as "drained" and so saves the extra
-    /// read that would only return `EWOULDBLOCK`.
+    /// Waits for readiness *before* allocating (the reader gives a large empty buffer back
+    /// before it waits: an idle TCP session holds no read buffer). The read itself goes
+    /// through tokio's `poll_read`, which treats a short read as "drained" and so saves the
+    /// extra read that would only return `EWOULDBLOCK`.
     fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         want: usize,
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() && buf.capacity() > KEEP_WHILE_WAITING {
-            *buf = BytesMut::new();
-        }
         std::task::ready!(self.as_ref().poll_read_ready(cx))?;
         room_for(buf, want);
         tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)

@@ -30,6 +30,11 @@ const FLUSH_BYTES: usize = 64 * 1024;
 const MIN_READ: usize = 512;
 /// Small reads in a row after which the read size halves.
 const SHRINK_AFTER: u8 = 8;
+/// The largest empty read buffer a reader keeps while it waits for data after a small read.
+const KEEP_WHILE_WAITING: usize = 1024;
+/// ... and after a read that filled a good part of its buffer (traffic is flowing): the next
+/// read is likely to need as much, and freeing and allocating it per burst costs more.
+const KEEP_WHILE_FLOWING: usize = 8 * 1024;
 /// The largest write buffer an idle session keeps (a larger one is given back when the
 /// handler goes idle).
 const KEEP_WHILE_IDLE: usize = 1024;
@@ -178,6 +183,8 @@ where
         let mut want = limits.read_buffer;
         // Small reads in a row.
         let mut small = 0u8;
+        // Whether the last read filled a good part of its buffer (traffic is flowing).
+        let mut flowing = false;
         // When the partial frame now in `buf` started arriving.
         let mut partial_since: Option<Instant> = None;
         loop {
@@ -187,6 +194,16 @@ where
                 partial_since = None;
             } else if partial_since.is_none() {
                 partial_since = Some(Instant::now());
+            }
+            // Before waiting, an empty buffer is given back unless it is small, or traffic is
+            // flowing and it is not large (then the next read needs one again at once).
+            let keep = if flowing {
+                KEEP_WHILE_FLOWING
+            } else {
+                KEEP_WHILE_WAITING
+            };
+            if buf.is_empty() && buf.capacity() > keep {
+                buf = BytesMut::new();
             }
             let before = buf.len();
             let read = poll_fn(|cx| src.poll_read_into(cx, &mut buf, want));
@@ -217,6 +234,7 @@ where
                     // allocator): grow at once when a read fills the buffer; shrink only after
                     // a run of small reads, so one short read (the tail of a burst) does not
                     // make the next burst take two reads.
+                    flowing = n >= want / 4;
                     if before + n == buf.capacity() {
                         want = (want * 2).min(MAX_READ);
                         small = 0;
