@@ -20,7 +20,7 @@
 //!   connections to it, does one echo on each, and compares the child's RSS before and after.
 //! * `rpc [--secs S]`: unary echo calls through the RPC API per transport and codec at 1, 32
 //!   and 256 calls in flight on one connection (see `rpc.rs`).
-//! * `all`: everything, then Markdown tables for the README.
+//! * `all`: everything below and above (about 10 minutes), as Markdown tables for the README.
 //! * `compare`, `compare-idle`: every implementation (qsocket, a hand-written baseline, tarpc,
 //!   tonic) side by side, server and client in separate pinned processes (see `compare.rs`).
 //! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
@@ -161,7 +161,7 @@ fn usage() {
         "usage: qsocket-bench echo [--secs S] [--inflight N]\n       \
          qsocket-bench idle [--sessions N]\n       \
          qsocket-bench rpc  [--secs S]\n       \
-         qsocket-bench all  [--secs S] [--inflight N] [--sessions N]\n       \
+         qsocket-bench all  [--secs S] [--inflight N] [--sessions N] [--rounds R]   (everything)\n       \
          qsocket-bench compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]\n       \
          qsocket-bench compare-idle [--impls A,B,…] [--sessions N]\n       \
          qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n\
@@ -712,6 +712,17 @@ fn cmd_all(opts: &Opts) -> Result<(), Error> {
     print!("{}", rpc::rpc_table(&rpc_rows));
     println!();
     println!("{}", idle.line());
+    // The side-by-side harness: every implementation, default settings of each part.
+    let imps = compare::Imp::ALL;
+    println!("\n## compare (calls/s, latency, CPU, allocations per call)");
+    print!(
+        "{}",
+        compare::cmd_compare(&imps, &[1, 32, 256], opts.secs, opts.rounds)?
+    );
+    println!("\n## compare-idle (server memory per idle connection)");
+    print!("{}", compare::cmd_compare_idle(&imps, opts.sessions)?);
+    println!("\n## costs (syscalls and instructions per call)");
+    print!("{}", costs::cmd_costs(&costs::DEFAULT_IMPS, &[1, 32])?);
     Ok(())
 }
 
