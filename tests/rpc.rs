@@ -588,6 +588,57 @@ async fn calls_made_inside_a_handler_inherit_its_deadline_and_codecs_mix() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_reaches_the_client_while_calls_are_still_in_flight() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let r = EchoRequest {
+                delay_ms: 6_000,
+                ..req("slow")
+            };
+            c.call::<_, EchoReply>("test.Echo", "Echo", &r).await
+        })
+    };
+    eventually("slow call reaches the server", || {
+        counters.started.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let shutdown = tokio::spawn(async move { server.shutdown(Duration::from_secs(10)).await });
+    // Once the GOAWAY is in, new calls are not sent to that server: they fail before being
+    // written. That must happen while the slow call is still running, not after it.
+    within("goaway seen by the client", async {
+        loop {
+            let r = c
+                .request("test.Echo", "Echo")
+                .timeout(Duration::from_millis(200))
+                .call::<_, EchoReply>(&req("new"))
+                .await;
+            if let Err(e) = r {
+                if e.code() == Code::Unavailable && e.sent() == Sent::No {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "goaway came before the call in flight ended"
+    );
+    let r = within("slow call", slow)
+        .await
+        .expect("join")
+        .expect("finished");
+    assert_eq!(r.text, "slow");
+    within("shutdown", shutdown).await.expect("join");
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_calls_in_flight_and_sends_goaway() {
     let counters = Arc::new(Counters::default());
     let server = server(&counters).await;

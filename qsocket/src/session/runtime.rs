@@ -849,7 +849,9 @@ where
                 if self.listener.poll_close(&mut ctx, cx).is_ready() {
                     return Poll::Ready(true);
                 }
-                if progressed {
+                // Progress, or something to write (a goodbye such as RPC's GOAWAY must go out
+                // now, not when the work in flight ends): write, then wait again.
+                if progressed || !self.out.buf.is_empty() {
                     return Poll::Ready(false);
                 }
                 if forced.as_mut().poll(cx).is_ready() {
