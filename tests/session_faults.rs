@@ -468,6 +468,47 @@ async fn client_gives_up_after_its_attempt_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
+    // A server that accepts every connection and closes it at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let dropper = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
+        Forward(tx.clone())
+    })
+    .backoff(Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_secs(5),
+        max_attempts: Some(3),
+    })
+    .start()
+    .await
+    .expect("client");
+    within("gives up", async {
+        while !matches!(client.session().await, Err(qsocket::Error::ClientClosed)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "three attempts, then no more"
+    );
+    dropper.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limit_refuses_extra_connections() {
     let events = Events::default();
     let server = Server::builder(codec(), echo_factory(&events))

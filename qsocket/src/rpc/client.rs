@@ -60,6 +60,8 @@ pub(crate) struct Pending {
     inner: Mutex<Table>,
     /// Wakes the deadline sweeper when the first call is registered.
     busy: Notify,
+    /// Ends the sweeper: cancelled when the endpoint is removed or the client closes.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 struct Table {
@@ -97,7 +99,7 @@ impl Table {
 }
 
 impl Pending {
-    fn new() -> Self {
+    fn new(stop: tokio_util::sync::CancellationToken) -> Self {
         Pending {
             inner: Mutex::new(Table {
                 slots: Vec::new(),
@@ -105,6 +107,7 @@ impl Pending {
                 len: 0,
             }),
             busy: Notify::new(),
+            stop,
         }
     }
 
@@ -238,7 +241,8 @@ impl Pending {
 const SWEEP_EVERY: Duration = Duration::from_millis(5);
 
 /// Ends calls whose deadline has passed — one task per endpoint instead of a timer per call.
-async fn sweep(pending: Arc<Pending>, stop: tokio_util::sync::CancellationToken) {
+async fn sweep(pending: Arc<Pending>) {
+    let stop = pending.stop.clone();
     loop {
         while pending.len() == 0 {
             tokio::select! {
@@ -707,16 +711,17 @@ async fn sync_endpoints(
             .collect();
         (removed, missing)
     };
-    for (_, c, _) in removed {
+    for (_, c, pending) in removed {
         c.close(Duration::from_secs(5)).await;
+        pending.stop.cancel();
     }
     let cfg = &inner.cfg;
     for ep in missing {
         let udp = ep.transport() == Transport::Udp;
         let pool = inner.pool.clone();
         let (heartbeat, udp_cap) = (cfg.heartbeat, cfg.udp_max_in_flight);
-        let pending = Arc::new(Pending::new());
-        tokio::spawn(sweep(pending.clone(), inner.stop.child_token()));
+        let pending = Arc::new(Pending::new(inner.stop.child_token()));
+        tokio::spawn(sweep(pending.clone()));
         let codec = ClientCodec {
             frames: FrameCodec::new(cfg.limits),
             pending: pending.clone(),
@@ -1013,9 +1018,29 @@ mod tests {
             .expect("whole frame")
     }
 
+    #[tokio::test]
+    async fn a_sweeper_expires_late_calls_and_ends_with_its_endpoint() {
+        let p = Arc::new(Pending::new(tokio_util::sync::CancellationToken::new()));
+        let sweeper = tokio::spawn(sweep(p.clone()));
+        let id = p.insert(1, Instant::now());
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| p.poll_outcome(id, cx)),
+        )
+        .await
+        .expect("expired by the sweeper");
+        let st = outcome.expect_err("deadline exceeded");
+        assert_eq!(st.code(), Code::DeadlineExceeded);
+        p.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), sweeper)
+            .await
+            .expect("sweeper ends when its endpoint goes")
+            .expect("join");
+    }
+
     #[test]
     fn a_slot_takes_one_outcome_wakes_its_caller_and_ignores_stale_ids() {
-        let p = Pending::new();
+        let p = Pending::new(tokio_util::sync::CancellationToken::new());
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);

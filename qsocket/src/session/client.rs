@@ -417,15 +417,18 @@ async fn supervise<L, C, F>(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::debug!(endpoint = %ep, error = %e, failures, "connect failed");
-                if shared
-                    .backoff
-                    .max_attempts
-                    .is_some_and(|max| failures >= max)
-                {
-                    tracing::warn!(endpoint = %ep, failures, "giving up reconnecting");
-                    break;
-                }
             }
+        }
+        // Every kind of failed attempt counts: a refused connection, a session refused by
+        // `on_open`, a session that ended at once (a server that accepts and drops).
+        if failures > 0
+            && shared
+                .backoff
+                .max_attempts
+                .is_some_and(|max| failures >= max)
+        {
+            tracing::warn!(endpoint = %ep, failures, "giving up reconnecting");
+            break;
         }
         let delay = shared
             .backoff

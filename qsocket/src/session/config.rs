@@ -95,7 +95,9 @@ pub struct Backoff {
     pub initial: Duration,
     /// Largest wait. Default 10 s.
     pub max: Duration,
-    /// Give up after this many consecutive failed attempts. `None` (default): never give up.
+    /// Give up after this many consecutive failed attempts — a connection refused or timed
+    /// out, a session refused by `on_open`, or one that ended before `max` had passed.
+    /// `None` (default): never give up.
     pub max_attempts: Option<u32>,
 }
 
