@@ -641,3 +641,41 @@ async fn messages_sent_during_on_open_wait_for_it_and_a_refusal_drops_them() {
         server.shutdown(Duration::from_secs(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_peers_have_a_session_limit_of_their_own() {
+    let events = Events::default();
+    let server = Server::builder(codec(), echo_factory(&events))
+        .bind("tcp://127.0.0.1:0")
+        .bind("udp://127.0.0.1:0")
+        .max_sessions(1)
+        .udp_max_sessions(1)
+        .start()
+        .await
+        .expect("server");
+    let udp = server.local_addr(Transport::Udp).expect("udp");
+    let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("a");
+    a.connect(udp).await.expect("connect");
+    let mut got = [0u8; 64];
+    a.send(&frame(b"a")).await.expect("send");
+    let n = within("echo to a", a.recv(&mut got)).await.expect("recv");
+    assert_eq!(&got[..n], &frame(b"a")[..]);
+    // A second peer is over the UDP limit: its datagram opens no session.
+    let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("b");
+    b.send_to(&frame(b"b"), udp).await.expect("send");
+    // Processed after b's (one socket, in order): when a's echo is back, b's datagram has
+    // been dealt with.
+    a.send(&frame(b"a2")).await.expect("send");
+    let n = within("second echo to a", a.recv(&mut got))
+        .await
+        .expect("recv");
+    assert_eq!(&got[..n], &frame(b"a2")[..]);
+    assert_eq!(server.udp_session_count(), 1, "b got no session");
+    // Connections have their own limit, untouched by UDP peers.
+    let tcp = server.local_addr(Transport::Tcp).expect("tcp");
+    let mut t = TcpStream::connect(tcp).await.expect("connect");
+    raw_echo(&mut t, b"tcp").await;
+    assert_eq!(server.session_count(), 2);
+    assert_eq!(events.count(|e| matches!(e, Ev::Open(_))), 2);
+    server.shutdown(Duration::from_secs(5)).await;
+}

@@ -288,6 +288,7 @@ impl RpcServer {
             cfg: RpcServerConfig::default(),
             binds: Vec::new(),
             max_sessions: None,
+            udp_max_sessions: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -300,6 +301,7 @@ pub struct RpcServerBuilder {
     cfg: RpcServerConfig,
     binds: Vec<String>,
     max_sessions: Option<usize>,
+    udp_max_sessions: Option<usize>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -323,9 +325,15 @@ impl RpcServerBuilder {
         self
     }
 
-    /// The most sessions at once.
+    /// The most connection sessions at once (see [`ServerBuilder::max_sessions`]).
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = Some(n);
+        self
+    }
+
+    /// The most UDP peers at once (see [`ServerBuilder::udp_max_sessions`]).
+    pub fn udp_max_sessions(mut self, n: usize) -> Self {
+        self.udp_max_sessions = Some(n);
         self
     }
 
@@ -356,6 +364,9 @@ impl RpcServerBuilder {
         }
         if let Some(n) = self.max_sessions {
             b = b.max_sessions(n);
+        }
+        if let Some(n) = self.udp_max_sessions {
+            b = b.udp_max_sessions(n);
         }
         #[cfg(feature = "tls")]
         if let Some(t) = self.tls {

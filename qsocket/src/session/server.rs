@@ -35,6 +35,8 @@ struct Control {
     tracker: TaskTracker,
     limit: Arc<Semaphore>,
     max_sessions: usize,
+    udp_limit: Arc<Semaphore>,
+    udp_max_sessions: usize,
 }
 
 impl Drop for Control {
@@ -51,6 +53,7 @@ pub struct ServerBuilder<L, C, F> {
     binds: Vec<Result<Endpoint, Error>>,
     cfg: SessionConfig,
     max_sessions: usize,
+    udp_max_sessions: usize,
     backlog: u32,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -85,6 +88,7 @@ impl Server {
             binds: Vec::new(),
             cfg: SessionConfig::default(),
             max_sessions: 100_000,
+            udp_max_sessions: 10_000,
             backlog: 1024,
             #[cfg(feature = "tls")]
             tls: None,
@@ -110,9 +114,14 @@ impl Server {
         self.endpoints.iter().find(|e| e.transport() == transport)
     }
 
-    /// Sessions open now.
+    /// Sessions open now (connections and UDP peers).
     pub fn session_count(&self) -> usize {
-        self.ctl.max_sessions - self.ctl.limit.available_permits()
+        self.ctl.max_sessions - self.ctl.limit.available_permits() + self.udp_session_count()
+    }
+
+    /// UDP peers with a session now.
+    pub fn udp_session_count(&self) -> usize {
+        self.ctl.udp_max_sessions - self.ctl.udp_limit.available_permits()
     }
 
     /// Graceful shutdown: stop accepting, close every session (each writes what was already
@@ -187,10 +196,19 @@ where
         self
     }
 
-    /// The most sessions open at once (TCP, WebSocket and UDP peers together); connections
-    /// beyond it are closed at once, datagrams from new UDP peers dropped. Default 100,000.
+    /// The most connection sessions open at once (TCP, TLS, WebSocket); connections beyond it
+    /// are closed at once. Default 100,000.
     pub fn max_sessions(mut self, n: usize) -> Self {
         self.max_sessions = n;
+        self
+    }
+
+    /// The most UDP peers with a session at once; datagrams from further new peers are
+    /// dropped. Counted apart from [`max_sessions`](Self::max_sessions), so datagrams from
+    /// many (possibly forged) source addresses cannot take the connections' places.
+    /// Default 10,000.
+    pub fn udp_max_sessions(mut self, n: usize) -> Self {
+        self.udp_max_sessions = n;
         self
     }
 
@@ -211,8 +229,16 @@ where
     /// Binds every address and starts serving.
     pub async fn start(self) -> Result<Server, Error> {
         self.cfg.validate()?;
-        if self.max_sessions == 0 || self.max_sessions > Semaphore::MAX_PERMITS {
-            return Err(Error::Config("max_sessions must be at least 1".into()));
+        for (name, n) in [
+            ("max_sessions", self.max_sessions),
+            ("udp_max_sessions", self.udp_max_sessions),
+        ] {
+            if n == 0 || n > Semaphore::MAX_PERMITS {
+                return Err(Error::Config(format!(
+                    "{name} must be between 1 and {}",
+                    Semaphore::MAX_PERMITS
+                )));
+            }
         }
         if self.binds.is_empty() {
             return Err(Error::Config("no address to bind: call bind(url)".into()));
@@ -245,6 +271,8 @@ where
             tracker: TaskTracker::new(),
             limit: Arc::new(Semaphore::new(self.max_sessions)),
             max_sessions: self.max_sessions,
+            udp_limit: Arc::new(Semaphore::new(self.udp_max_sessions)),
+            udp_max_sessions: self.udp_max_sessions,
         });
         let shared = Arc::new(Shared {
             factory: self.factory,
@@ -256,6 +284,7 @@ where
             force: ctl.force.clone(),
             tracker: ctl.tracker.clone(),
             limit: ctl.limit.clone(),
+            udp_limit: ctl.udp_limit.clone(),
             #[cfg(feature = "tls")]
             tls,
             _listener: PhantomData,
@@ -294,6 +323,7 @@ struct Shared<L, C, F> {
     force: CancellationToken,
     tracker: TaskTracker,
     limit: Arc<Semaphore>,
+    udp_limit: Arc<Semaphore>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     _listener: PhantomData<fn() -> L>,
@@ -500,8 +530,8 @@ async fn udp_dispatch<L, C, F>(
         let live = peers.get(&addr).is_some_and(|p| !p.tx.is_closed());
         if !live {
             peers.remove(&addr);
-            let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
-                tracing::debug!(%addr, "session limit reached, dropping datagram");
+            let Ok(permit) = shared.udp_limit.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "udp session limit reached, dropping datagram");
                 continue;
             };
             let cfg = &shared.udp_cfg;

@@ -1,6 +1,6 @@
 //! UDP: one datagram per frame. A client session is a connected socket with its own reader; a
 //! server has one socket whose dispatcher task reads every datagram and routes it, decoded, to
-//! the session of its peer address (creating it on first contact, up to the session limit).
+//! the session of its peer address (creating it on first contact, up to the UDP session limit).
 
 use super::handle::Session;
 use super::io::FrameSink;
