@@ -509,6 +509,43 @@ async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_limit_does_not_count_short_sessions_that_received_data() {
+    // A server that greets each connection, then closes it: short but healthy sessions.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let greeter = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s.write_all(&frame(b"hello")).await;
+            drop(s);
+        }
+    });
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
+        Forward(tx.clone())
+    })
+    .backoff(Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+        max_attempts: Some(2),
+    })
+    .start()
+    .await
+    .expect("client");
+    let count = accepted.clone();
+    eventually("keeps reconnecting past the attempt limit", move || {
+        count.load(std::sync::atomic::Ordering::SeqCst) >= 5
+    })
+    .await;
+    client.close(Duration::from_secs(5)).await;
+    greeter.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_limit_refuses_extra_connections() {
     let events = Events::default();
     let server = Server::builder(codec(), echo_factory(&events))
@@ -663,8 +700,8 @@ async fn udp_peers_have_a_session_limit_of_their_own() {
     // A second peer is over the UDP limit: its datagram opens no session.
     let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("b");
     b.send_to(&frame(b"b"), udp).await.expect("send");
-    // Processed after b's (one socket, in order): when a's echo is back, b's datagram has
-    // been dealt with.
+    // Most likely processed after b's datagram; either way b cannot get a session while a
+    // holds the only UDP place.
     a.send(&frame(b"a2")).await.expect("send");
     let n = within("second echo to a", a.recv(&mut got))
         .await

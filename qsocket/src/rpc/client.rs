@@ -721,7 +721,6 @@ async fn sync_endpoints(
         let pool = inner.pool.clone();
         let (heartbeat, udp_cap) = (cfg.heartbeat, cfg.udp_max_in_flight);
         let pending = Arc::new(Pending::new(inner.stop.child_token()));
-        tokio::spawn(sweep(pending.clone()));
         let codec = ClientCodec {
             frames: FrameCodec::new(cfg.limits),
             pending: pending.clone(),
@@ -758,6 +757,8 @@ async fn sync_endpoints(
             c.close(Duration::from_secs(1)).await;
             continue;
         }
+        // The sweeper only once the endpoint is in: a failed start leaves nothing behind.
+        tokio::spawn(sweep(pending.clone()));
         clients.push((ep, c, pending));
     }
     Ok(())

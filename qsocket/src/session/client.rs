@@ -377,8 +377,12 @@ async fn supervise<L, C, F>(
 {
     let ep = &shared.endpoint;
     let mut jitter = Jitter::new(i);
-    // Failures in a row: the backoff grows with them; the attempt limit counts them.
+    // Failures in a row: the backoff grows with them.
     let mut failures: u32 = 0;
+    // Failed attempts in a row, for the attempt limit: a session that lasted a moment or
+    // received anything was not one.
+    let mut attempts: u32 = 0;
+    let healthy_after = Duration::from_secs(1).min(shared.backoff.max);
     loop {
         let limit = shared.connect_timeout;
         let connected = tokio::select! {
@@ -392,6 +396,7 @@ async fn supervise<L, C, F>(
             Ok(conn) => {
                 let started = Instant::now();
                 let listener = (shared.factory)();
+                let mut live = None;
                 let opened = run_conn(
                     conn,
                     listener,
@@ -399,35 +404,50 @@ async fn supervise<L, C, F>(
                     &shared.cfg,
                     token.child_token(),
                     &force,
-                    |s| slots.set(i, Slot::Live(s.clone())),
+                    |s| {
+                        live = Some(s.clone());
+                        slots.set(i, Slot::Live(s.clone()));
+                    },
                 )
                 .await;
                 slots.set(i, Slot::Connecting);
+                if token.is_cancelled() {
+                    break; // closed by the client itself
+                }
+                let lasted = started.elapsed();
+                let was_opened = opened.is_ok();
                 match opened {
                     // A session that lasted resets the backoff; one that ended at once (a server
                     // that accepts and drops) keeps growing it, so it cannot cause a storm.
-                    Ok(()) if started.elapsed() >= shared.backoff.max => failures = 0,
+                    Ok(()) if lasted >= shared.backoff.max => failures = 0,
                     Ok(()) => failures = failures.saturating_add(1),
                     Err(e) => {
                         tracing::debug!(endpoint = %ep, error = %e, "session refused by on_open");
                         failures = failures.saturating_add(1);
                     }
                 }
+                let received = live.is_some_and(|s| s.stats().bytes_in > 0);
+                if was_opened && (received || lasted >= healthy_after) {
+                    attempts = 0;
+                } else {
+                    attempts = attempts.saturating_add(1);
+                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                attempts = attempts.saturating_add(1);
                 tracing::debug!(endpoint = %ep, error = %e, failures, "connect failed");
             }
         }
-        // Every kind of failed attempt counts: a refused connection, a session refused by
-        // `on_open`, a session that ended at once (a server that accepts and drops).
-        if failures > 0
+        // Failed attempts: a refused connection, a session refused by `on_open`, one that
+        // ended at once without receiving anything (a server that accepts and drops).
+        if attempts > 0
             && shared
                 .backoff
                 .max_attempts
-                .is_some_and(|max| failures >= max)
+                .is_some_and(|max| attempts >= max)
         {
-            tracing::warn!(endpoint = %ep, failures, "giving up reconnecting");
+            tracing::warn!(endpoint = %ep, attempts, "giving up reconnecting");
             break;
         }
         let delay = shared

@@ -96,8 +96,8 @@ pub struct Backoff {
     /// Largest wait. Default 10 s.
     pub max: Duration,
     /// Give up after this many consecutive failed attempts — a connection refused or timed
-    /// out, a session refused by `on_open`, or one that ended before `max` had passed.
-    /// `None` (default): never give up.
+    /// out, a session refused by `on_open`, or one that ended within a second (or `max`, if
+    /// shorter) without receiving anything. `None` (default): never give up.
     pub max_attempts: Option<u32>,
 }
 

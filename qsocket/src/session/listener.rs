@@ -102,7 +102,8 @@ pub trait EventListener: Send + 'static {
     /// A graceful local close is under way ([`Session::close`], a server's shutdown): the
     /// handler keeps polling this, and [`poll_work`](Self::poll_work), writing whatever they
     /// send, until it returns `Ready` or the shutdown's grace period ends. A protocol can say
-    /// goodbye here and let its work in flight finish. No messages are read any more.
+    /// goodbye here (once: what it sends is written at once, and it is polled again after
+    /// each write) and let its work in flight finish. No messages are read any more.
     /// Default: `Ready` at once.
     fn poll_close(&mut self, ctx: &mut Ctx<'_, Self::Out>, cx: &mut Context<'_>) -> Poll<()> {
         let _ = (ctx, cx);
