@@ -467,33 +467,54 @@ async fn client_gives_up_after_its_attempt_limit() {
     assert!(matches!(r, Err(qsocket::Error::ClientClosed)), "{r:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
-    // A server that accepts every connection and closes it at once.
+/// A server that closes every connection at once, after sending `greeting` if there is one;
+/// returns its address and how many connections it accepted.
+async fn short_lived_server(
+    greeting: Option<&'static [u8]>,
+) -> (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = accepted.clone();
-    let dropper = tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(g) = greeting {
+                let _ = s.write_all(&frame(g)).await;
+            }
             drop(s);
         }
     });
+    (addr, accepted, task)
+}
+
+/// A one-session client of `addr` with this backoff.
+async fn client_with(addr: SocketAddr, backoff: Backoff) -> Client<Bytes> {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
+    Client::builder(&format!("tcp://{addr}"), codec(), move || {
         Forward(tx.clone())
     })
-    .backoff(Backoff {
+    .backoff(backoff)
+    .start()
+    .await
+    .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
+    let (addr, accepted, server) = short_lived_server(None).await;
+    let backoff = Backoff {
         initial: Duration::from_millis(5),
         max: Duration::from_secs(5),
         max_attempts: Some(3),
-    })
-    .start()
-    .await
-    .expect("client");
+    };
+    let client = client_with(addr, backoff).await;
     within("gives up", async {
         while !matches!(client.session().await, Err(qsocket::Error::ClientClosed)) {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -505,44 +526,25 @@ async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
         3,
         "three attempts, then no more"
     );
-    dropper.abort();
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempt_limit_does_not_count_short_sessions_that_received_data() {
-    // A server that greets each connection, then closes it: short but healthy sessions.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = accepted.clone();
-    let greeter = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = s.write_all(&frame(b"hello")).await;
-            drop(s);
-        }
-    });
-    let (tx, _rx) = mpsc::unbounded_channel();
-    let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
-        Forward(tx.clone())
-    })
-    .backoff(Backoff {
+    // Short but healthy sessions: the server greets each connection, then closes it.
+    let (addr, accepted, server) = short_lived_server(Some(b"hello")).await;
+    let backoff = Backoff {
         initial: Duration::from_millis(5),
         max: Duration::from_millis(50),
         max_attempts: Some(2),
-    })
-    .start()
-    .await
-    .expect("client");
-    let count = accepted.clone();
+    };
+    let client = client_with(addr, backoff).await;
     eventually("keeps reconnecting past the attempt limit", move || {
-        count.load(std::sync::atomic::Ordering::SeqCst) >= 5
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5
     })
     .await;
     client.close(Duration::from_secs(5)).await;
-    greeter.abort();
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
