@@ -826,3 +826,73 @@ async fn a_forced_shutdown_ends_a_session_stuck_in_a_handler() {
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_handler_does_not_hold_up_other_calls_on_its_connection() {
+    use qsocket::rpc::{current_deadline, CallContext, Router, Service};
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = started.clone();
+    let svc = Service::new("t.Heavy")
+        // Blocks its thread for a while, as CPU-heavy work does.
+        .unary_spawned("Block", move |ms: u64, _ctx: CallContext| {
+            let s = s.clone();
+            async move {
+                s.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok::<_, Status>(ms)
+            }
+        })
+        .unary_spawned("Panic", |_: u64, _ctx: CallContext| async move {
+            if true {
+                panic!("boom");
+            }
+            Ok::<u64, Status>(0)
+        })
+        // Calls made inside a spawned handler still inherit its deadline.
+        .unary_spawned("Deadline", |_: u64, ctx: CallContext| async move {
+            Ok::<_, Status>(current_deadline() == ctx.deadline() && ctx.deadline().is_some())
+        })
+        .unary("Fast", |x: u64, _ctx: CallContext| async move {
+            Ok::<_, Status>(x)
+        });
+    let server = RpcServer::builder(Router::new().add_service(svc))
+        .bind("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .expect("server");
+    let url = server.endpoint(Transport::Tcp).expect("tcp").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+
+    let heavy = {
+        let c = c.clone();
+        tokio::spawn(async move { c.call::<u64, u64>("t.Heavy", "Block", &1500).await })
+    };
+    let s = started.clone();
+    eventually("heavy handler running", move || s.load(Ordering::SeqCst)).await;
+    let fast: u64 = within(
+        "fast call beside a blocking one",
+        c.call("t.Heavy", "Fast", &7),
+    )
+    .await
+    .expect("fast");
+    assert_eq!(fast, 7);
+    assert!(
+        !heavy.is_finished(),
+        "the fast call did not wait for the heavy one"
+    );
+    assert_eq!(
+        within("heavy", heavy).await.expect("join").expect("heavy"),
+        1500
+    );
+
+    let e = c
+        .call::<u64, u64>("t.Heavy", "Panic", &0)
+        .await
+        .expect_err("panicked");
+    assert_eq!(e.code(), Code::Internal, "{e}");
+    assert!(e.message().contains("boom"), "{e}");
+    let inherited: bool = c.call("t.Heavy", "Deadline", &0).await.expect("deadline");
+    assert!(inherited, "the spawned handler sees its call's deadline");
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}

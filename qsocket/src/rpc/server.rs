@@ -134,6 +134,48 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A handler's future with the call's deadline as the inherited one while it is polled
+    /// (for a handler running on a task of its own).
+    struct WithDeadline<Fut> {
+        deadline: Option<Instant>,
+        #[pin]
+        fut: Fut,
+    }
+}
+
+impl<Fut: Future> Future for WithDeadline<Fut> {
+    type Output = Fut::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+        let this = self.project();
+        let fut = this.fut;
+        with_deadline(*this.deadline, || fut.poll(cx))
+    }
+}
+
+/// A handler running as a task of its own; aborted when the call is dropped (cancelled, past
+/// its deadline, session gone).
+struct Spawned<T>(tokio::task::JoinHandle<Result<T, Status>>);
+
+impl<T> Future for Spawned<T> {
+    type Output = Result<T, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| match joined {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => Err(panic_status(e.into_panic())),
+            Err(_) => Err(Status::cancelled("handler task cancelled")),
+        })
+    }
+}
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A fast hasher for the names and ids the server looks up on every request (FxHash's
 /// multiply-rotate). Service and method maps hold only configured names (a peer's names are
 /// looked up, never inserted); the per-session map of request ids holds at most
@@ -202,6 +244,33 @@ impl Service {
         });
         self.methods.insert(method.as_bytes().into(), h);
         self
+    }
+
+    /// Adds a unary method whose handler runs as a task of its own (`tokio::spawn`) instead
+    /// of on the session's task: for CPU-heavy or blocking-ish handlers, which would otherwise
+    /// hold up every other call on the same connection, and which a multi-threaded runtime can
+    /// then run in parallel. Costs a spawn per call. Deadlines, cancellation (the task is
+    /// aborted), panics (`internal`) and the inherited deadline of nested calls behave as for
+    /// [`unary`](Self::unary).
+    ///
+    /// ```
+    /// use qsocket::rpc::{CallContext, Service, Status};
+    /// let svc = Service::new("math.Math").unary_spawned("SumTo", |n: u64, _ctx: CallContext| async move {
+    ///     Ok::<_, Status>((1..=n.min(10_000_000)).sum::<u64>())
+    /// });
+    /// ```
+    pub fn unary_spawned<Req, Resp, F, Fut>(self, method: &str, handler: F) -> Self
+    where
+        F: Fn(Req, CallContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+        Req: Message,
+        Resp: Message,
+    {
+        self.unary(method, move |req: Req, ctx: CallContext| {
+            let deadline = ctx.deadline();
+            let fut = handler(req, ctx);
+            Spawned(tokio::spawn(WithDeadline { deadline, fut }))
+        })
     }
 
     /// The service's name.
