@@ -419,16 +419,13 @@ where
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr()?;
     let cfg = &shared.cfg;
-    let io = if transport == Transport::Tcp {
-        Io::Tcp(stream)
-    } else {
-        let limit = cfg.handshake_timeout;
-        // Boxed: TLS and WebSocket handshake state is large and needed only briefly.
-        let handshake = Box::pin(handshake(stream, transport, path, shared));
-        tokio::select! {
-            _ = shared.sessions.cancelled() => return Ok(()),
-            r = tokio::time::timeout(limit, handshake) => r.map_err(|_| Error::HandshakeTimeout(limit))??,
-        }
+    // (Plain TCP sessions do not come here: the accept loop spawns them directly.)
+    let limit = cfg.handshake_timeout;
+    // Boxed: TLS and WebSocket handshake state is large and needed only briefly.
+    let handshake = Box::pin(handshake(stream, transport, path, shared));
+    let io = tokio::select! {
+        _ = shared.sessions.cancelled() => return Ok(()),
+        r = tokio::time::timeout(limit, handshake) => r.map_err(|_| Error::HandshakeTimeout(limit))??,
     };
     let conn = Conn {
         io,
