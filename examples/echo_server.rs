@@ -1,7 +1,9 @@
 //! An echo server on TCP, UDP and WebSocket at once.
 //!
-//! Every frame (length-delimited: a 4-byte big-endian length, then the payload) is sent back
-//! as it came. Run it, then talk to it with `echo_client`:
+//! On TCP and UDP every frame (length-delimited: a 4-byte big-endian length, then the payload)
+//! is sent back as it came. On WebSocket every message is sent back whole, whatever it holds:
+//! a browser's `ws.send("hi")` gets `"hi"` back (as a binary message), and `echo_client`'s
+//! length-prefixed messages come back unchanged. Run it, then talk to it with `echo_client`:
 //!
 //! ```text
 //! cargo run -p qsocket-examples --bin echo_server
@@ -16,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use qsocket::session::{Ctx, EventListener, Server, Session};
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::codec::{BytesCodec, LengthDelimitedCodec};
 
 const DEFAULT_ENDPOINTS: [&str; 3] = [
     "tcp://127.0.0.1:9000",
@@ -27,6 +29,8 @@ const DEFAULT_ENDPOINTS: [&str; 3] = [
 /// One per session: echoes every frame and reports when the session opens and closes.
 struct Echo;
 
+// `LengthDelimitedCodec` (TCP, UDP) and `BytesCodec` (WebSocket: each message whole) both
+// decode into `BytesMut` and encode `Bytes`, so one listener serves both.
 impl EventListener for Echo {
     type In = BytesMut;
     type Out = Bytes;
@@ -87,15 +91,36 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         args
     };
 
-    let mut builder = Server::builder(LengthDelimitedCodec::new(), || Echo);
-    for url in &endpoints {
-        builder = builder.bind(url);
+    // Length-delimited frames on TCP and UDP; each WebSocket message is one frame whole.
+    let (ws, framed): (Vec<&String>, Vec<&String>) = endpoints
+        .iter()
+        .partition(|url| url.starts_with("ws://") || url.starts_with("wss://"));
+    let mut servers = Vec::new();
+    if !framed.is_empty() {
+        let mut builder = Server::builder(LengthDelimitedCodec::new(), || Echo);
+        for url in &framed {
+            builder = builder.bind(url);
+        }
+        servers.push(
+            builder
+                .start()
+                .await
+                .map_err(|e| format!("cannot start the echo server on {framed:?}: {e}"))?,
+        );
     }
-    let server = builder
-        .start()
-        .await
-        .map_err(|e| format!("cannot start the echo server on {endpoints:?}: {e}"))?;
-    for ep in server.local_endpoints() {
+    if !ws.is_empty() {
+        let mut builder = Server::builder(BytesCodec::new(), || Echo);
+        for url in &ws {
+            builder = builder.bind(url);
+        }
+        servers.push(
+            builder
+                .start()
+                .await
+                .map_err(|e| format!("cannot start the echo server on {ws:?}: {e}"))?,
+        );
+    }
+    for ep in servers.iter().flat_map(|s| s.local_endpoints()) {
         println!("listening on {ep}");
     }
     println!("press Ctrl-C to stop");
@@ -103,11 +128,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| format!("cannot listen for Ctrl-C: {e}"))?;
-    println!(
-        "shutting down ({} sessions open, 5 s grace period)",
-        server.session_count()
-    );
-    server.shutdown(Duration::from_secs(5)).await;
+    let open: usize = servers.iter().map(Server::session_count).sum();
+    println!("shutting down ({open} sessions open, 5 s grace period)");
+    for server in servers {
+        server.shutdown(Duration::from_secs(5)).await;
+    }
     println!("bye");
     Ok(())
 }

@@ -699,6 +699,10 @@ async fn udp_peers_have_a_session_limit_of_their_own() {
     a.send(&frame(b"a")).await.expect("send");
     let n = within("echo to a", a.recv(&mut got)).await.expect("recv");
     assert_eq!(&got[..n], &frame(b"a")[..]);
+    // A peer that sent more than one datagram is past probation: it keeps its place.
+    a.send(&frame(b"a1")).await.expect("send");
+    let n = within("echo to a", a.recv(&mut got)).await.expect("recv");
+    assert_eq!(&got[..n], &frame(b"a1")[..]);
     // A second peer is over the UDP limit: its datagram opens no session.
     let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("b");
     b.send_to(&frame(b"b"), udp).await.expect("send");

@@ -33,6 +33,11 @@ pub enum Error {
     /// The session is closed (or closing): nothing more can be sent on it.
     #[error("session closed")]
     SessionClosed,
+    /// The peer closed or reset the connection while the session was not reading (its
+    /// budget or its listener's in-flight limit was full): the session ended at once, dropping
+    /// its work in flight.
+    #[error("the peer hung up while the session was paused")]
+    PeerGone,
     /// No `active()` update for longer than the session timeout.
     #[error("session timed out: no activity for {0:?}")]
     Timeout(Duration),

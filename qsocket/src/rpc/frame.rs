@@ -400,8 +400,8 @@ impl Decoder for FrameCodec {
             + metadata_len as usize
             + body_len as usize;
         if src.len() < total {
-            // Bounded: every part was checked against the limits above.
-            src.reserve(total - src.len());
+            // Nothing is reserved for the rest: the buffer grows as bytes arrive, so a header
+            // announcing a large body costs nothing until the body comes.
             return Ok(None);
         }
         let mut h = &src[3..HEADER_LEN];

@@ -12,7 +12,7 @@ use super::frame::{
 use super::status::Status;
 use crate::session::MAX_DATAGRAM;
 use crate::session::{
-    Ctx, EventListener, Server, ServerBuilder, Session, SessionConfig, Transport,
+    Ctx, EventListener, Retained, Server, ServerBuilder, Session, SessionConfig, Transport,
 };
 use crate::Error;
 use bytes::{Bytes, BytesMut};
@@ -358,6 +358,7 @@ impl RpcServer {
             binds: Vec::new(),
             max_sessions: None,
             udp_max_sessions: None,
+            shared_budget: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -371,6 +372,7 @@ pub struct RpcServerBuilder {
     binds: Vec<String>,
     max_sessions: Option<usize>,
     udp_max_sessions: Option<usize>,
+    shared_budget: Option<usize>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -406,6 +408,14 @@ impl RpcServerBuilder {
         self
     }
 
+    /// What all sessions together may hold beyond their allowances: requests being read,
+    /// waiting, or in flight, and responses waiting for slow clients (see
+    /// [`ServerBuilder::shared_budget`]). Default 256 MiB.
+    pub fn shared_budget(mut self, bytes: usize) -> Self {
+        self.shared_budget = Some(bytes);
+        self
+    }
+
     /// TLS for `tls://` and `wss://` addresses.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
@@ -421,6 +431,7 @@ impl RpcServerBuilder {
         }
         let mut session_cfg = self.cfg.session.clone();
         session_cfg.max_frame_len = session_cfg.max_frame_len.max(self.cfg.limits.max_frame());
+        session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.max_frame_len);
         let shared = Arc::new(Shared {
             router: self.router,
             cfg: self.cfg,
@@ -436,6 +447,9 @@ impl RpcServerBuilder {
         }
         if let Some(n) = self.udp_max_sessions {
             b = b.udp_max_sessions(n);
+        }
+        if let Some(n) = self.shared_budget {
+            b = b.shared_budget(n);
         }
         #[cfg(feature = "tls")]
         if let Some(t) = self.tls {
@@ -458,6 +472,8 @@ struct InFlight {
     deadline: Option<Instant>,
     call: Option<Pin<Box<dyn Call>>>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Its frame's bytes, counted against the session's budget until it ends.
+    _held: Option<Retained<Bytes>>,
 }
 
 /// How a call ended.
@@ -602,6 +618,9 @@ impl RpcServerListener {
             None => Err(fail(Status::unimplemented(format!(
                 "unknown codec id {codec_id}"
             )))),
+            Some(_) if !frame.metadata().is_valid() => Err(fail(Status::invalid_argument(
+                "malformed metadata: an entry runs past the end of the metadata block",
+            ))),
             Some(_) if deadline.is_some_and(|d| d <= Instant::now()) => Err(fail(
                 Status::deadline_exceeded("deadline passed before the request was dispatched"),
             )),
@@ -644,6 +663,7 @@ impl RpcServerListener {
             deadline,
             call: Some(started),
             timer: None,
+            _held: None,
         };
         match Pin::new(&mut call).poll(cx) {
             Poll::Ready((_, _, _, outcome)) => {
@@ -653,6 +673,8 @@ impl RpcServerListener {
             }
             Poll::Pending => {
                 call.timer = deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into())));
+                // The request (its body may be borrowed by the handler) stays counted.
+                call._held = Some(ctx.retain());
                 let (handle, reg) = AbortHandle::new_pair();
                 if !oneway {
                     // Oneway calls carry no usable id and cannot be cancelled.
@@ -711,7 +733,16 @@ impl EventListener for RpcServerListener {
         let Some(in_flight) = self.in_flight.as_mut() else {
             return Poll::Pending;
         };
-        while let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
+        // Stops once a good amount of output is buffered, so it is written (to a slow peer:
+        // waited for) before more responses are made.
+        loop {
+            if ctx.write_buffered() >= 64 * 1024 {
+                // Written by the handler, which then polls again.
+                return Poll::Ready(());
+            }
+            let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) else {
+                break;
+            };
             progressed = true;
             if let Ok((id, codec, oneway, outcome)) = done {
                 if !oneway {

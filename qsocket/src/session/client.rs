@@ -403,6 +403,7 @@ async fn supervise<L, C, F>(
                     shared.codec.clone(),
                     &shared.cfg,
                     token.child_token(),
+                    None,
                     &force,
                     |s| {
                         live = Some(s.clone());

@@ -36,6 +36,17 @@ pub struct SessionConfig {
     pub ws_ping_period: Duration,
     /// Idle timeout of UDP server sessions (a UDP peer never says goodbye). Default 60 s.
     pub udp_idle_timeout: Duration,
+    /// The most bytes one session holds on its peer's behalf: the partial frame being read,
+    /// decoded frames waiting for the listener, frames the listener keeps while it works on
+    /// them, and output waiting for a slow peer. At the budget the session stops reading
+    /// (backpressure) until the listener and the writer catch up. Must be at least
+    /// `max_frame_len`. Default 16 MiB.
+    pub session_budget: usize,
+    /// Bytes each session may hold without drawing on its server's shared budget (see
+    /// [`ServerBuilder::shared_budget`](super::ServerBuilder::shared_budget)): while that is
+    /// spent, sessions within their allowance keep reading, so small traffic flows while large
+    /// frames wait. Default 16 KiB.
+    pub session_allowance: usize,
     /// Size of the first read buffer of a session; it adapts between 512 bytes and 64 KiB to the
     /// traffic and is released while a TCP session is idle. Default 4 KiB.
     pub read_buffer: usize,
@@ -55,6 +66,8 @@ impl Default for SessionConfig {
             ws_ping_period: Duration::from_secs(20),
             udp_idle_timeout: Duration::from_secs(60),
             read_buffer: 4096,
+            session_budget: 16 * 1024 * 1024,
+            session_allowance: 16 * 1024,
         }
     }
 }
@@ -67,6 +80,12 @@ impl SessionConfig {
         }
         if self.max_frame_len == 0 {
             return bad("max_frame_len must be at least 1");
+        }
+        if self.session_budget < self.max_frame_len {
+            return Err(crate::Error::Config(format!(
+                "session_budget ({}) must be at least max_frame_len ({}): a largest frame could never arrive whole",
+                self.session_budget, self.max_frame_len
+            )));
         }
         for (name, d) in [
             ("cron_period", self.cron_period),

@@ -1,5 +1,6 @@
 //! An established connection of any transport, and how a session is run over it.
 
+use super::budget::{Mem, Pool};
 use super::config::SessionConfig;
 use super::endpoint::Transport;
 use super::handle::Session;
@@ -43,6 +44,7 @@ pub(crate) async fn run_conn<L, C>(
     codec: C,
     cfg: &SessionConfig,
     token: CancellationToken,
+    pool: Option<&Arc<Pool>>,
     force: &CancellationToken,
     on_live: impl FnOnce(&Session<L::Out>),
 ) -> Result<(), Error>
@@ -59,13 +61,17 @@ where
     match io {
         Io::Tcp(stream) => {
             let (rd, wr) = stream.into_split();
-            let what = (listener, codec, (transport, local, peer), token);
+            let what = (listener, codec, (transport, local, peer), token, pool);
             Box::pin(stream_session(rd, wr, what, cfg, force, on_live)).await
         }
         #[cfg(feature = "tls")]
         Io::Tls(stream) => {
+            // A second handle on the socket, to notice a hang-up while the session is not
+            // reading (the TLS layer hides the socket once split).
+            let probe = super::io::probe_of(stream.get_ref().0);
             let (rd, wr) = tokio::io::split(*stream);
-            let what = (listener, codec, (transport, local, peer), token);
+            let rd = super::io::Probed::new(rd, probe);
+            let what = (listener, codec, (transport, local, peer), token, pool);
             Box::pin(stream_session(rd, wr, what, cfg, force, on_live)).await
         }
         #[cfg(feature = "ws")]
@@ -75,12 +81,13 @@ where
                 listener,
                 codec.clone(),
                 (transport, local, peer),
-                token,
+                (token, pool),
                 cfg,
             );
+            let probe = super::io::probe_of(ws.get_ref().tcp());
             let (sink, stream) = (*ws).split();
             let limits = ReadLimits::from(cfg);
-            let reader = move || super::ws::ws_reader(stream, codec, tx, session, limits);
+            let reader = move || super::ws::ws_reader(stream, codec, tx, session, limits, probe);
             let sink = super::ws::WsSink::new(sink, cfg.max_frame_len);
             Box::pin(drive(parts, sink, Some(reader), cfg, force, on_live)).await
         }
@@ -89,7 +96,7 @@ where
                 listener,
                 codec.clone(),
                 (transport, local, peer),
-                token,
+                (token, pool),
                 cfg,
             );
             let sink = UdpSink::connected(socket.clone());
@@ -109,7 +116,7 @@ fn parts<L, C>(
     listener: L,
     codec: C,
     (transport, local, peer): Addrs,
-    token: CancellationToken,
+    (token, pool): (CancellationToken, Option<&Arc<Pool>>),
     cfg: &SessionConfig,
 ) -> (
     Parts<L, C>,
@@ -119,7 +126,14 @@ fn parts<L, C>(
 where
     L: EventListener,
 {
-    let (session, outbound) = Session::new(transport, local, peer, cfg.send_queue, token);
+    let (session, outbound) = Session::new(
+        transport,
+        local,
+        peer,
+        cfg.send_queue,
+        token,
+        mem_of(cfg, pool),
+    );
     let (tx, inbound) = queue::channel(cfg.recv_queue);
     let parts = Parts {
         listener,
@@ -131,12 +145,17 @@ where
     (parts, tx, session)
 }
 
+/// A new session's byte gauge under `cfg`'s budget, drawing on `pool` beyond its allowance.
+pub(crate) fn mem_of(cfg: &SessionConfig, pool: Option<&Arc<Pool>>) -> Mem {
+    Mem::new(cfg.session_budget, cfg.session_allowance, pool.cloned())
+}
+
 /// The session over a byte stream's two halves (TCP, TLS), unboxed: the server spawns it as
 /// the session's task itself, so an idle TCP session is one task plus its reader.
 pub(crate) fn stream_session<'a, L, C, R, W>(
     rd: R,
     wr: W,
-    (listener, codec, addrs, token): (L, C, Addrs, CancellationToken),
+    (listener, codec, addrs, token, pool): (L, C, Addrs, CancellationToken, Option<&Arc<Pool>>),
     cfg: &'a SessionConfig,
     force: &'a CancellationToken,
     on_live: impl FnOnce(&Session<L::Out>) + 'a,
@@ -147,7 +166,7 @@ where
     R: ReadSource,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (parts, tx, session) = parts(listener, codec.clone(), addrs, token, cfg);
+    let (parts, tx, session) = parts(listener, codec.clone(), addrs, (token, pool), cfg);
     let limits = ReadLimits::from(cfg);
     let reader = move || stream_reader(rd, codec, tx, session, limits);
     drive(

@@ -1,5 +1,6 @@
 //! The [`Session`] handle: identity, sending, closing, active time, counters, attributes.
 
+use super::budget::Mem;
 use super::endpoint::Transport;
 use super::queue;
 use crate::Error;
@@ -53,6 +54,7 @@ struct Inner<O> {
     closed: AtomicBool,
     token: CancellationToken,
     pub(crate) stats: Stats,
+    mem: Mem,
     attrs: Mutex<Vec<(TypeId, Box<dyn Any + Send + Sync>)>>,
 }
 
@@ -141,6 +143,7 @@ impl<O> Session<O> {
         peer: SocketAddr,
         queue: usize,
         token: CancellationToken,
+        mem: Mem,
     ) -> (Self, queue::Receiver<O>) {
         let (tx, rx) = queue::channel(queue);
         let stats = Stats::default();
@@ -154,6 +157,7 @@ impl<O> Session<O> {
             closed: AtomicBool::new(false),
             token,
             stats,
+            mem,
             attrs: Mutex::new(Vec::new()),
         };
         (
@@ -307,6 +311,18 @@ impl<O> Session<O> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Bytes the session holds on its peer's behalf now: the partial frame being read, decoded
+    /// frames not yet handled, frames the listener keeps while working on them, and output a
+    /// slow peer has not taken yet. Bounded by
+    /// [`SessionConfig::session_budget`](super::SessionConfig::session_budget).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.mem.held()
+    }
+
+    pub(crate) fn mem(&self) -> &Mem {
+        &self.inner.mem
+    }
+
     pub(crate) fn stats_ref(&self) -> &Stats {
         &self.inner.stats
     }
@@ -338,7 +354,8 @@ mod tests {
 
     fn session() -> (Session<u32>, queue::Receiver<u32>) {
         let a: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        Session::new(Transport::Tcp, a, a, 2, CancellationToken::new())
+        let mem = Mem::new(1024, 1024, None);
+        Session::new(Transport::Tcp, a, a, 2, CancellationToken::new(), mem)
     }
 
     #[test]

@@ -12,19 +12,97 @@ use tokio::net::TcpStream;
 /// Where a stream reader gets bytes from. Poll-based, so a reader waiting for data holds no
 /// read future in its state.
 pub(crate) trait ReadSource: Send + 'static {
-    /// Reads once into `buf`, reserving `want` bytes first if it has no spare room.
+    /// Reads once into `buf`, at most `max` bytes, reserving `want` (≤ `max`) bytes first if
+    /// it has no spare room.
     fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         want: usize,
+        max: usize,
     ) -> Poll<io::Result<usize>>;
+
+    /// The socket under this source, to watch for the peer hanging up while not reading.
+    fn probe(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 /// Reserves room for a whole `want` (an empty buffer whose frames are gone is reused in place).
 fn room_for(buf: &mut BytesMut, want: usize) {
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
+    }
+}
+
+/// Reads at most `max` bytes into `buf`'s spare room.
+fn poll_read_limited<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Poll<io::Result<usize>> {
+    use bytes::BufMut;
+    let mut limited = buf.limit(max);
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut limited)
+}
+
+/// A second handle on `tcp`'s socket, used only to see whether the peer has hung up (a
+/// duplicate of its descriptor). `None` if the process is out of descriptors.
+#[cfg_attr(not(any(feature = "tls", feature = "ws")), allow(dead_code))]
+pub(crate) fn probe_of(tcp: &TcpStream) -> Option<TcpStream> {
+    use std::os::fd::AsFd;
+    let fd = tcp.as_fd().try_clone_to_owned().ok()?;
+    TcpStream::from_std(std::net::TcpStream::from(fd)).ok()
+}
+
+/// How often a session that is not reading checks whether its peer hung up, while bytes it
+/// has not read are waiting (the readiness that would wake it is already set).
+const HANGUP_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Resolves once the peer of `probe`'s socket has hung up (FIN or reset), without reading.
+/// Never resolves without a probe.
+pub(crate) async fn hung_up(probe: Option<&TcpStream>) {
+    let Some(tcp) = probe else {
+        return std::future::pending().await;
+    };
+    loop {
+        match tcp.ready(tokio::io::Interest::READABLE).await {
+            Ok(r) if r.is_read_closed() || r.is_error() => return,
+            Err(_) => return,
+            // Unread bytes are waiting: the readiness stays set, so look again a little later.
+            Ok(_) => tokio::time::sleep(HANGUP_CHECK).await,
+        }
+    }
+}
+
+/// A read half with a probe on its socket (TLS hides the socket once split).
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) struct Probed<R> {
+    inner: R,
+    probe: Option<TcpStream>,
+}
+
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+impl<R> Probed<R> {
+    pub(crate) fn new(inner: R, probe: Option<TcpStream>) -> Self {
+        Probed { inner, probe }
+    }
+}
+
+impl<R: ReadSource> ReadSource for Probed<R> {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        want: usize,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_read_into(cx, buf, want, max)
+    }
+
+    fn probe(&self) -> Option<&TcpStream> {
+        self.probe.as_ref()
     }
 }
 
@@ -38,10 +116,15 @@ impl ReadSource for tokio::net::tcp::OwnedReadHalf {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         want: usize,
+        max: usize,
     ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.as_ref().poll_read_ready(cx))?;
         room_for(buf, want);
-        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+        poll_read_limited(self, cx, buf, max)
+    }
+
+    fn probe(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
     }
 }
 
@@ -51,9 +134,10 @@ impl<T: AsyncRead + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
         want: usize,
+        max: usize,
     ) -> Poll<io::Result<usize>> {
         room_for(buf, want);
-        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+        poll_read_limited(self, cx, buf, max)
     }
 }
 
@@ -85,8 +169,9 @@ pub(crate) trait FrameSink: Send + 'static {
         async { Ok(()) }
     }
 
-    /// Ends the write direction cleanly (FIN, WebSocket close).
-    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+    /// Ends the write direction cleanly (FIN, WebSocket close), saying why where the transport
+    /// can (`why`: the error that ended the session, `None` for a normal close).
+    fn shutdown(&mut self, why: Option<&Error>) -> impl Future<Output = ()> + Send;
 }
 
 /// A byte-stream sink: every queued frame goes out in one `write_all`.
@@ -127,7 +212,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for StreamSink<W> {
         Poll::Ready(Ok(()))
     }
 
-    async fn shutdown(&mut self) {
+    async fn shutdown(&mut self, _why: Option<&Error>) {
         let _ = self.io.shutdown().await;
     }
 }
@@ -138,6 +223,18 @@ pub(crate) enum Stream {
     Plain(TcpStream),
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
+impl Stream {
+    /// The socket under it.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
 }
 
 impl AsyncRead for Stream {

@@ -3,6 +3,7 @@
 use super::handle::Session;
 use super::runtime::Outgoing;
 use crate::Error;
+use std::fmt;
 use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -123,6 +124,8 @@ pub struct Ctx<'a, O> {
     session: &'a Session<O>,
     out: &'a mut dyn Outgoing<O>,
     received: u64,
+    /// Budget bytes the message being handled holds; 0 once retained.
+    holds: usize,
 }
 
 impl<'a, O> Ctx<'a, O> {
@@ -135,7 +138,41 @@ impl<'a, O> Ctx<'a, O> {
             session,
             out,
             received,
+            holds: 0,
         }
+    }
+
+    /// For the message being handled, which holds `len` bytes of the session's budget.
+    pub(crate) fn holding(mut self, len: usize) -> Self {
+        self.holds = len;
+        self
+    }
+
+    /// The budget bytes of the message that were not retained (to give back now).
+    pub(crate) fn unretained(&self) -> usize {
+        self.holds
+    }
+
+    /// Keeps the message being handled counted against the session's byte budget (see
+    /// [`SessionConfig::session_budget`](super::SessionConfig::session_budget)) until the
+    /// returned guard is dropped, instead of only until this callback returns.
+    ///
+    /// For listeners that keep a message, or data sharing its memory, after `on_message`
+    /// returns — an RPC server's requests in flight, for one: the session then stops reading
+    /// when what it keeps reaches the budget, and the server's shared budget counts it too.
+    /// Outside `on_message`, or called twice, the guard holds nothing.
+    pub fn retain(&mut self) -> Retained<O> {
+        Retained {
+            session: self.session.clone(),
+            bytes: std::mem::take(&mut self.holds),
+        }
+    }
+
+    /// Bytes waiting in the session's write buffer (written after this callback, or at once
+    /// when it passes 64 KiB): a listener producing a lot of output at once can stop and go on
+    /// at its next `poll_work`.
+    pub fn write_buffered(&self) -> usize {
+        self.out.buffered()
     }
 
     /// Appends one whole frame that `write` puts straight into the session's write buffer, in
@@ -167,5 +204,35 @@ impl<'a, O> Ctx<'a, O> {
     /// Closes the session after this callback; what was sent so far is still written.
     pub fn close(&self) {
         self.session.close();
+    }
+}
+
+/// Budget bytes of a message kept after its callback returned (see [`Ctx::retain`]); given
+/// back when dropped.
+#[must_use = "the bytes are given back as soon as the guard is dropped"]
+pub struct Retained<O> {
+    session: Session<O>,
+    bytes: usize,
+}
+
+impl<O> Retained<O> {
+    /// The bytes it keeps counted.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl<O> Drop for Retained<O> {
+    fn drop(&mut self) {
+        self.session.mem().release(self.bytes);
+    }
+}
+
+impl<O> fmt::Debug for Retained<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retained")
+            .field("session", &self.session.id())
+            .field("bytes", &self.bytes)
+            .finish()
     }
 }

@@ -16,6 +16,7 @@
 //! feature `ws`, and `wss://` with `tls`). [`Server`] binds any mix of them; [`Client`] keeps
 //! N sessions to one endpoint and reconnects with capped exponential backoff.
 
+mod budget;
 mod client;
 mod config;
 mod conn;
@@ -36,9 +37,9 @@ pub use client::{Client, ClientBuilder};
 pub use config::{Backoff, SessionConfig};
 pub use endpoint::{Endpoint, Transport};
 pub use handle::{Session, SessionStats, TrySendError};
-pub use listener::{Ctx, EventListener};
+pub use listener::{Ctx, EventListener, Retained};
 pub(crate) use runtime::deadline_after;
-pub use server::{Server, ServerBuilder};
+pub use server::{Server, ServerBuilder, DEFAULT_SHARED_BUDGET};
 pub(crate) use udp::MAX_DATAGRAM;
 
 use crate::error::BoxError;

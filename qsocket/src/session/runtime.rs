@@ -3,6 +3,7 @@
 
 use super::config::SessionConfig;
 use super::handle::Session;
+use super::io::hung_up;
 use super::io::{FrameSink, ReadSource};
 use super::listener::{Ctx, EventListener};
 use super::queue;
@@ -13,13 +14,15 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 /// What the reader hands the handler.
 pub(crate) enum Inbound<T> {
-    /// A decoded message and when it was read (milliseconds of the session clock).
-    Msg(T, u64),
+    /// A decoded message, when it was read (milliseconds of the session clock), and how many
+    /// bytes of the session's budget it holds (released once it is handled).
+    Msg(T, u64, usize),
     Err(Error),
 }
 
@@ -85,6 +88,7 @@ where
 {
     let mut failure = None;
     let mut next = || {
+        let before = buf.len();
         let decoded = if !eof {
             codec.decode(buf)
         } else if buf.is_empty() {
@@ -95,7 +99,11 @@ where
         match decoded {
             Ok(Some(item)) => {
                 *frames += 1;
-                Some(Inbound::Msg(item, read_at))
+                Some(Inbound::Msg(
+                    item,
+                    read_at,
+                    before.saturating_sub(buf.len()),
+                ))
             }
             Ok(None) => None,
             Err(e) => {
@@ -115,9 +123,11 @@ where
 }
 
 /// Decodes every complete frame in `buf` and hands each to the handler, waiting for room in its
-/// queue. With `eof`, the buffer is a whole message (a datagram, a WebSocket message, the rest
-/// of a stream at EOF): the codec's `decode_eof` also gets what is left. Returns `false` when
-/// the session should stop reading (decode error, handler gone).
+/// queue (and watching `probe`'s socket meanwhile: a peer that hangs up while the session is
+/// not reading ends it at once). With `eof`, the buffer is a whole message (a datagram, a
+/// WebSocket message, the rest of a stream at EOF): the codec's `decode_eof` also gets what is
+/// left. Returns `false` when the session should stop reading (decode error, handler gone,
+/// peer gone).
 pub(crate) async fn decode_all<D, O>(
     codec: &mut D,
     buf: &mut BytesMut,
@@ -125,6 +135,7 @@ pub(crate) async fn decode_all<D, O>(
     session: &Session<O>,
     eof: bool,
     read_at: u64,
+    probe: Option<&TcpStream>,
 ) -> bool
 where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
@@ -138,7 +149,14 @@ where
             loop {
                 match step {
                     Step::Full => {
-                        tx.wait_for_room().await;
+                        tokio::select! {
+                            biased;
+                            _ = tx.wait_for_room() => {}
+                            _ = hung_up(probe) => {
+                                peer_gone(session);
+                                break Step::Closed;
+                            }
+                        }
                         step = decode_some(codec, buf, tx, eof, read_at, &mut frames);
                     }
                     Step::Failed(e) => {
@@ -158,6 +176,41 @@ where
 /// Hands the handler the error that ends a reader (boxed: once per session at most).
 pub(crate) async fn report<T>(tx: &queue::Sender<Inbound<T>>, e: Error) {
     let _ = Box::pin(tx.send(Inbound::Err(e))).await;
+}
+
+/// The peer hung up while the session was not reading: end the session at once (its work in
+/// flight is dropped, nothing more is written).
+fn peer_gone<O>(session: &Session<O>) {
+    tracing::debug!(session = session.id(), peer = %session.peer_addr(), "peer hung up while the session was paused");
+    session.mem().set_gone();
+    session.close();
+}
+
+/// Waits, without reading, until the session's budget has room; meanwhile watches `probe`'s
+/// socket. `false` if the peer hung up.
+pub(crate) async fn wait_for_budget<O>(session: &Session<O>, probe: Option<&TcpStream>) -> bool {
+    tokio::select! {
+        biased;
+        _ = poll_fn(|cx| session.mem().poll_room(cx)) => true,
+        _ = hung_up(probe) => {
+            peer_gone(session);
+            false
+        }
+    }
+}
+
+/// Bytes of spare room a decoder may leave reserved in a read buffer: a codec that reserves
+/// what a frame's header announces (tokio-util's `LengthDelimitedCodec` does) would otherwise
+/// make every peer that sends only a header hold a largest frame's worth of memory.
+const MAX_SPARE: usize = MAX_READ;
+
+/// Gives back spare room beyond what has arrived plus a read, whatever a decoder reserved.
+fn trim_spare(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() > MAX_SPARE {
+        let mut smaller = BytesMut::with_capacity(buf.len() + want);
+        smaller.extend_from_slice(buf);
+        *buf = smaller;
+    }
 }
 
 /// The reader task of a byte-stream session (TCP, TLS). It runs until the peer closes, an
@@ -188,8 +241,8 @@ where
         // When the partial frame now in `buf` started arriving.
         let mut partial_since: Option<Instant> = None;
         loop {
-            // Only a partial frame is timed (from its first byte, however it trickles in): a
-            // quiet connection is not an error here.
+            // Only a partial frame is timed (from its first byte, however it trickles in, and
+            // while the session waits for budget): a quiet connection is not an error here.
             if buf.is_empty() {
                 partial_since = None;
             } else if partial_since.is_none() {
@@ -206,29 +259,59 @@ where
                 buf = BytesMut::new();
             }
             let before = buf.len();
-            let read = poll_fn(|cx| src.poll_read_into(cx, &mut buf, want));
-            let result = match limits.read_timeout.zip(partial_since) {
-                None => read.await.map_err(Error::from),
+            // The budget's room is looked at when the bytes are there to be read, so many
+            // waiting sessions cannot all be let in at once.
+            let mem = session.mem();
+            let read = poll_fn(|cx| match mem.room() {
+                0 => Poll::Ready(None),
+                room => src
+                    .poll_read_into(cx, &mut buf, want.min(room), room)
+                    .map(Some),
+            });
+            let deadline = limits
+                .read_timeout
+                .zip(partial_since)
+                .map(|(t, since)| (t, deadline_after(since, t)));
+            let result = match deadline {
+                None => read.await.map(|r| r.map_err(Error::from)),
                 // Boxed: rare, and its timer would otherwise enlarge every idle reader.
-                Some((t, since)) => {
-                    let at = deadline_after(since, t);
-                    match Box::pin(tokio::time::timeout_at(at.into(), read)).await {
-                        Ok(r) => r.map_err(Error::from),
-                        Err(_) => Err(Error::ReadTimeout(t)),
-                    }
+                Some((t, at)) => match Box::pin(tokio::time::timeout_at(at.into(), read)).await {
+                    Ok(r) => r.map(|r| r.map_err(Error::from)),
+                    Err(_) => Some(Err(Error::ReadTimeout(t))),
+                },
+            };
+            let Some(result) = result else {
+                // No room in the budget: wait (boxed: rare) without reading, within the
+                // partial frame's read timeout.
+                let wait = wait_for_budget(&session, src.probe());
+                let waited = match deadline {
+                    None => Box::pin(wait).await,
+                    Some((t, at)) => match Box::pin(tokio::time::timeout_at(at.into(), wait)).await
+                    {
+                        Ok(w) => w,
+                        Err(_) => {
+                            report(&tx, Error::ReadTimeout(t)).await;
+                            return;
+                        }
+                    },
+                };
+                if !waited {
+                    return;
                 }
+                continue;
             };
             match result {
                 Ok(0) => {
                     // EOF: hand on every frame already read (a last frame is never lost), then
                     // report bytes that do not form a frame.
                     let at = session.stats_ref().active_ms();
-                    decode_all(&mut codec, &mut buf, &tx, &session, true, at).await;
+                    decode_all(&mut codec, &mut buf, &tx, &session, true, at, None).await;
                     return;
                 }
                 Ok(n) => {
                     let stats = session.stats_ref();
                     stats.add_in(0, n as u64);
+                    mem.charge(n);
                     let at = stats.touch();
                     // Adapt the next read size to the traffic (like netty's adaptive
                     // allocator): grow at once when a read fills the buffer; shrink only after
@@ -247,9 +330,12 @@ where
                     } else {
                         small = 0;
                     }
-                    if !decode_all(&mut codec, &mut buf, &tx, &session, false, at).await {
+                    if !decode_all(&mut codec, &mut buf, &tx, &session, false, at, src.probe())
+                        .await
+                    {
                         return;
                     }
+                    trim_spare(&mut buf, want);
                     if buf.len() > limits.max_frame_len {
                         let err = Error::FrameTooLarge {
                             len: buf.len(),
@@ -270,10 +356,11 @@ where
 
 /// Runs `fut`, first polling it once without any timer; if it is pending, bounds it by
 /// `limit` and by `force`.
-async fn guarded<F: Future<Output = Result<(), Error>>>(
+async fn guarded<F: Future<Output = Result<(), Error>>, O>(
     fut: F,
     limit: Option<Duration>,
     force: &CancellationToken,
+    session: &Session<O>,
 ) -> Result<(), Error> {
     let mut fut = pin!(fut);
     let first = poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
@@ -282,14 +369,23 @@ async fn guarded<F: Future<Output = Result<(), Error>>>(
     }
     // The slow path (timer + forced-shutdown watch) is boxed: it is rare, and keeping its
     // state inline would make every idle session's handler larger.
-    Box::pin(wait_bounded(fut, limit, force)).await
+    Box::pin(wait_bounded(fut, limit, force, session)).await
 }
 
-async fn wait_bounded<F: Future<Output = Result<(), Error>>>(
+/// Runs `fut` until it ends, `limit` passes, the shutdown turns forced, or the peer is found
+/// gone while the session was not reading.
+async fn wait_bounded<F: Future<Output = Result<(), Error>>, O>(
     fut: F,
     limit: Option<Duration>,
     force: &CancellationToken,
+    session: &Session<O>,
 ) -> Result<(), Error> {
+    let gone = async {
+        session.token().cancelled().await;
+        if !session.mem().is_gone() {
+            std::future::pending::<()>().await;
+        }
+    };
     let timed = async {
         match limit {
             Some(t) => tokio::time::timeout(t, fut)
@@ -301,6 +397,7 @@ async fn wait_bounded<F: Future<Output = Result<(), Error>>>(
     tokio::select! {
         biased;
         _ = force.cancelled() => Err(Error::SessionClosed),
+        _ = gone => Err(Error::PeerGone),
         r = timed => r,
     }
 }
@@ -312,6 +409,8 @@ pub(crate) trait Outgoing<O>: Send {
     fn push(&mut self, msg: O);
     /// Appends one whole frame, written by `write`.
     fn push_raw(&mut self, write: &mut dyn FnMut(&mut BytesMut));
+    /// Bytes waiting in the write buffer.
+    fn buffered(&self) -> usize;
 }
 
 /// The handler's outgoing side: the codec, the write buffer and the frame bounds.
@@ -392,6 +491,10 @@ where
             return;
         }
         self.end_frame(start);
+    }
+
+    fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     fn push_raw(&mut self, write: &mut dyn FnMut(&mut BytesMut)) {
@@ -541,7 +644,7 @@ where
             tracing::debug!(session = h.session.id(), peer = %h.session.peer_addr(), error = %e, "session refused");
             h.session.close();
             drop(reader);
-            Box::pin(h.sink.shutdown()).await;
+            Box::pin(h.sink.shutdown(None)).await;
             return Err(e);
         }
         if let Some(f) = on_live.take() {
@@ -561,6 +664,9 @@ where
             }
         }
         h.listener.on_close(&h.session).await;
+        // What is still counted (frames never handled, a reader's partial frame) is let go
+        // with the session; what a listener still retains is let go as it drops.
+        h.session.mem().release_all();
         Ok(())
     }
 }
@@ -647,9 +753,15 @@ where
     /// The rest of a write the socket did not take at once, bounded by the write timeout and
     /// the forced shutdown.
     async fn write_slow(&mut self) -> Result<(), Error> {
+        // Output waiting for a slow peer is held on its behalf.
+        let pending = self.out.buf.len();
+        let mem = self.session.mem();
+        mem.charge(pending);
         let (sink, out) = (&mut self.sink, &mut self.out);
         let write = poll_fn(|cx| sink.poll_write(cx, &mut out.buf, &mut out.bounds));
-        wait_bounded(write, self.cfg.write_timeout, self.force).await
+        let r = wait_bounded(write, self.cfg.write_timeout, self.force, &self.session).await;
+        mem.release(pending);
+        r
     }
 
     /// Writes what is buffered; on failure records it and returns `false`.
@@ -731,6 +843,9 @@ where
 
             // Handle the batch of decoded messages that is ready, encoding replies as they come.
             let mut handled = 0;
+            // Budget bytes of handled messages, given back once per batch (and before a write
+            // that may wait).
+            let mut done = 0;
             while handled < BATCH {
                 let msg = match first.take() {
                     Some(m) => m,
@@ -741,19 +856,24 @@ where
                     },
                 };
                 handled += 1;
-                let (m, at) = match msg {
-                    Inbound::Msg(m, at) => (m, at),
+                let (m, at, len) = match msg {
+                    Inbound::Msg(m, at, len) => (m, at, len),
                     Inbound::Err(e) => {
                         Box::pin(self.fail(e, true)).await;
                         break;
                     }
                 };
-                let mut ctx = Ctx::new(&self.session, &mut self.out, at);
+                let mut ctx = Ctx::new(&self.session, &mut self.out, at).holding(len);
                 self.listener.on_message(&mut ctx, m).await;
-                if self.out.buf.len() >= FLUSH_BYTES && !self.flush().await {
-                    return;
+                done += ctx.unretained();
+                if self.out.buf.len() >= FLUSH_BYTES {
+                    self.session.mem().release(std::mem::take(&mut done));
+                    if !self.flush().await {
+                        return;
+                    }
                 }
             }
+            self.session.mem().release(done);
 
             // Gather what else is queued for sending, then write it all at once.
             for _ in 0..BATCH {
@@ -788,7 +908,14 @@ where
             }
         }
         if Timers::due(&mut self.timers.ping, now) {
-            if let Err(e) = guarded(self.sink.ping(), self.cfg.write_timeout, self.force).await {
+            if let Err(e) = guarded(
+                self.sink.ping(),
+                self.cfg.write_timeout,
+                self.force,
+                &self.session,
+            )
+            .await
+            {
                 self.fail(e, false).await;
                 return false;
             }
@@ -810,6 +937,13 @@ where
         self.session.token().cancel();
         self.outbound.close();
         self.inbound.close();
+        if self.session.mem().is_gone() {
+            // The peer hung up while the session was paused: nothing more can reach it.
+            self.can_write = false;
+            if self.failure.is_none() {
+                Box::pin(self.fail(Error::PeerGone, false)).await;
+            }
+        }
         if !self.can_write {
             return;
         }
@@ -824,9 +958,11 @@ where
         if ok && graceful {
             while let Some(m) = self.inbound.try_recv() {
                 match m {
-                    Inbound::Msg(m, at) => {
-                        let mut ctx = Ctx::new(&self.session, &mut self.out, at);
+                    Inbound::Msg(m, at, len) => {
+                        let mut ctx = Ctx::new(&self.session, &mut self.out, at).holding(len);
                         self.listener.on_message(&mut ctx, m).await;
+                        let done = ctx.unretained();
+                        self.session.mem().release(done);
                     }
                     Inbound::Err(_) => break,
                 }
@@ -867,12 +1003,12 @@ where
             }
         }
         if ok {
-            let sink = &mut self.sink;
+            let (sink, why) = (&mut self.sink, self.failure.as_deref());
             let shutdown = async {
-                sink.shutdown().await;
+                sink.shutdown(why).await;
                 Ok(())
             };
-            let _ = guarded(shutdown, self.cfg.write_timeout, force).await;
+            let _ = guarded(shutdown, self.cfg.write_timeout, force, &self.session).await;
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`Server`]: binds any mix of TCP, TLS, UDP and WebSocket addresses and runs a session per
 //! connection (per peer address for UDP), with a session limit and graceful shutdown.
 
+use super::budget::Pool;
 use super::config::SessionConfig;
 use super::conn::{run_conn, stream_session, Conn, Io};
 use super::endpoint::{Endpoint, Transport};
@@ -37,6 +38,7 @@ struct Control {
     max_sessions: usize,
     udp_limit: Arc<Semaphore>,
     udp_max_sessions: usize,
+    pool: Arc<Pool>,
 }
 
 impl Drop for Control {
@@ -54,11 +56,15 @@ pub struct ServerBuilder<L, C, F> {
     cfg: SessionConfig,
     max_sessions: usize,
     udp_max_sessions: usize,
+    shared_budget: usize,
     backlog: u32,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
     _listener: PhantomData<fn() -> L>,
 }
+
+/// The default of [`ServerBuilder::shared_budget`]: 256 MiB.
+pub const DEFAULT_SHARED_BUDGET: usize = 256 * 1024 * 1024;
 
 /// A listening TCP socket with address reuse and the given accept backlog (tokio's
 /// `TcpListener::bind` uses 128, too few for bursts of connections).
@@ -89,6 +95,7 @@ impl Server {
             cfg: SessionConfig::default(),
             max_sessions: 100_000,
             udp_max_sessions: 10_000,
+            shared_budget: DEFAULT_SHARED_BUDGET,
             backlog: 1024,
             #[cfg(feature = "tls")]
             tls: None,
@@ -117,6 +124,12 @@ impl Server {
     /// Sessions open now (connections and UDP peers).
     pub fn session_count(&self) -> usize {
         self.ctl.max_sessions - self.ctl.limit.available_permits() + self.udp_session_count()
+    }
+
+    /// Bytes of the shared budget (see [`ServerBuilder::shared_budget`]) that sessions hold
+    /// now.
+    pub fn shared_budget_used(&self) -> usize {
+        self.ctl.pool.used()
     }
 
     /// UDP peers with a session now.
@@ -212,6 +225,21 @@ where
         self
     }
 
+    /// The server's shared byte budget: what all its sessions together may hold beyond their
+    /// [`session_allowance`](SessionConfig::session_allowance)s (partial frames, frames
+    /// waiting to be handled or kept by listeners, output waiting for slow peers). While it is
+    /// spent, sessions past their allowance stop reading — their large frames wait — and
+    /// sessions within it keep reading. Must be at least the largest frame
+    /// ([`max_frame_len`](Self::max_frame_len)). Default 256 MiB ([`DEFAULT_SHARED_BUDGET`]).
+    ///
+    /// With the defaults, 10,000 sessions hold at most this plus 10,000 × (16 KiB allowance +
+    /// about 4 KiB of session state), plus read and write buffers of sessions busy at that
+    /// moment (up to 64 KiB each): see the README's "Memory under attack".
+    pub fn shared_budget(mut self, bytes: usize) -> Self {
+        self.shared_budget = bytes;
+        self
+    }
+
     /// The TLS configuration for `tls://` and `wss://` endpoints (see [`crate::session::tls`]).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
@@ -243,6 +271,12 @@ where
         if self.binds.is_empty() {
             return Err(Error::Config("no address to bind: call bind(url)".into()));
         }
+        if self.shared_budget < self.cfg.max_frame_len {
+            return Err(Error::Config(format!(
+                "shared_budget ({}) must be at least max_frame_len ({}): a largest frame could never arrive whole",
+                self.shared_budget, self.cfg.max_frame_len
+            )));
+        }
         let binds = self.binds.into_iter().collect::<Result<Vec<_>, _>>()?;
         #[cfg(feature = "tls")]
         let tls = self.tls.map(tokio_rustls::TlsAcceptor::from);
@@ -273,6 +307,7 @@ where
             max_sessions: self.max_sessions,
             udp_limit: Arc::new(Semaphore::new(self.udp_max_sessions)),
             udp_max_sessions: self.udp_max_sessions,
+            pool: Pool::new(self.shared_budget),
         });
         let shared = Arc::new(Shared {
             factory: self.factory,
@@ -285,6 +320,8 @@ where
             tracker: ctl.tracker.clone(),
             limit: ctl.limit.clone(),
             udp_limit: ctl.udp_limit.clone(),
+            udp_max_sessions: self.udp_max_sessions,
+            pool: ctl.pool.clone(),
             #[cfg(feature = "tls")]
             tls,
             _listener: PhantomData,
@@ -324,9 +361,15 @@ struct Shared<L, C, F> {
     tracker: TaskTracker,
     limit: Arc<Semaphore>,
     udp_limit: Arc<Semaphore>,
+    udp_max_sessions: usize,
+    pool: Arc<Pool>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     _listener: PhantomData<fn() -> L>,
+}
+
+fn shared_udp_max<L, C, F>(shared: &Shared<L, C, F>) -> usize {
+    shared.udp_max_sessions
 }
 
 /// Whether an `accept` error means the process or system is out of a resource (then back off
@@ -387,6 +430,7 @@ where
                     shared.codec.clone(),
                     (Transport::Tcp, local, peer),
                     shared.sessions.child_token(),
+                    Some(&shared.pool),
                 );
                 let on_live = |_: &Session<L::Out>| {};
                 let _ = stream_session(rd, wr, what, &shared.cfg, &shared.force, on_live).await;
@@ -440,6 +484,7 @@ where
         shared.codec.clone(),
         cfg,
         token,
+        Some(&shared.pool),
         &shared.force,
         |_| {},
     )
@@ -491,6 +536,32 @@ struct Peer<I, O, C> {
     tx: super::queue::Sender<Inbound<I>>,
     codec: C,
     session: Session<O>,
+    /// Datagrams received from it (counted up to 2: one means "on probation").
+    datagrams: u8,
+    /// Its place among the UDP sessions.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Frees a UDP session place when all are taken: the oldest session whose peer has sent only
+/// one datagram is closed. Peers that spoof many source addresses (each sending one datagram)
+/// thus cannot lock out new ones: they only displace each other. `false` if none could go.
+fn evict_one<I, O, C>(
+    peers: &mut HashMap<SocketAddr, Peer<I, O, C>>,
+    probation: &mut std::collections::VecDeque<(SocketAddr, u64)>,
+) -> bool {
+    while let Some((addr, id)) = probation.pop_front() {
+        if peers
+            .get(&addr)
+            .is_some_and(|p| p.session.id() == id && p.datagrams == 1)
+        {
+            if let Some(p) = peers.remove(&addr) {
+                tracing::debug!(%addr, "udp session limit reached, closing the oldest session on probation");
+                p.session.close();
+            }
+            return true;
+        }
+    }
+    false
 }
 
 /// The reader of a UDP server socket: routes each datagram, decoded, to its peer's session.
@@ -505,6 +576,9 @@ async fn udp_dispatch<L, C, F>(
 {
     let mut scratch = vec![0u8; MAX_DATAGRAM + 1];
     let mut peers: HashMap<SocketAddr, Peer<L::In, L::Out, C>> = HashMap::new();
+    // Sessions whose peer had sent one datagram when they opened, oldest first (entries of
+    // peers gone or proven since are skipped and pruned).
+    let mut probation = std::collections::VecDeque::new();
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     loop {
         let (n, addr) = tokio::select! {
@@ -527,14 +601,19 @@ async fn udp_dispatch<L, C, F>(
         let live = peers.get(&addr).is_some_and(|p| !p.tx.is_closed());
         if !live {
             peers.remove(&addr);
-            let Ok(permit) = shared.udp_limit.clone().try_acquire_owned() else {
+            let mut permit = shared.udp_limit.clone().try_acquire_owned();
+            if permit.is_err() && evict_one(&mut peers, &mut probation) {
+                permit = shared.udp_limit.clone().try_acquire_owned();
+            }
+            let Ok(permit) = permit else {
                 tracing::debug!(%addr, "udp session limit reached, dropping datagram");
                 continue;
             };
             let cfg = &shared.udp_cfg;
             let token = shared.sessions.child_token();
+            let mem = super::conn::mem_of(cfg, Some(&shared.pool));
             let (session, outbound) =
-                Session::new(Transport::Udp, local, addr, cfg.send_queue, token);
+                Session::new(Transport::Udp, local, addr, cfg.send_queue, token, mem);
             let (tx, inbound) = super::queue::channel(cfg.recv_queue);
             let parts = Parts {
                 listener: (shared.factory)(),
@@ -546,24 +625,34 @@ async fn udp_dispatch<L, C, F>(
             let sink = UdpSink::to_peer(socket.clone(), addr);
             let (shared2, gone, id) = (shared.clone(), gone_tx.clone(), session.id());
             shared.tracker.spawn(async move {
-                let _permit = permit;
                 let cfg = &shared2.udp_cfg;
                 let none = None::<fn() -> std::future::Ready<()>>;
                 let _ = drive(parts, sink, none, cfg, &shared2.force, |_| {}).await;
                 let _ = gone.send((addr, id));
             });
+            if probation.len() >= 2 * shared_udp_max(&shared) {
+                probation.retain(|(a, i): &(SocketAddr, u64)| {
+                    peers
+                        .get(a)
+                        .is_some_and(|p| p.session.id() == *i && p.datagrams == 1)
+                });
+            }
+            probation.push_back((addr, id));
             peers.insert(
                 addr,
                 Peer {
                     tx,
                     codec: shared.codec.clone(),
                     session,
+                    datagrams: 0,
+                    _permit: permit,
                 },
             );
         }
         let Some(peer) = peers.get_mut(&addr) else {
             continue;
         };
+        peer.datagrams = peer.datagrams.saturating_add(1).min(2);
         let stats = peer.session.stats_ref();
         stats.add_in(0, n as u64);
         let at = stats.touch();
@@ -571,11 +660,12 @@ async fn udp_dispatch<L, C, F>(
         let (frames, dropped, err) = if n > max {
             (0, 0, Some(Error::FrameTooLarge { len: n, max }))
         } else {
-            decode_datagram(&mut peer.codec, BytesMut::from(&scratch[..n]), &peer.tx, at)
+            let buf = BytesMut::from(&scratch[..n]);
+            decode_datagram(&mut peer.codec, buf, &peer.tx, peer.session.mem(), at)
         };
         stats.add_in(frames, 0);
         if dropped > 0 {
-            tracing::debug!(%addr, dropped, "udp session queue full, frames dropped");
+            tracing::debug!(%addr, dropped, "udp session queue or budget full, frames dropped");
         }
         if let Some(e) = err {
             // The session reports it and closes; the next datagram from this peer opens anew.

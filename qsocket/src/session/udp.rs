@@ -2,10 +2,11 @@
 //! server has one socket whose dispatcher task reads every datagram and routes it, decoded, to
 //! the session of its peer address (creating it on first contact, up to the UDP session limit).
 
+use super::budget::Mem;
 use super::handle::Session;
 use super::io::FrameSink;
 use super::queue;
-use super::runtime::{decode_all, Inbound, ReadLimits};
+use super::runtime::{decode_all, wait_for_budget, Inbound, ReadLimits};
 use crate::Error;
 use bytes::BytesMut;
 use std::future::Future;
@@ -99,34 +100,48 @@ impl FrameSink for UdpSink {
         Poll::Ready(Ok(()))
     }
 
-    async fn shutdown(&mut self) {}
+    async fn shutdown(&mut self, _why: Option<&Error>) {}
 }
 
 /// Decodes one datagram for a server session without waiting: every frame in it, then what the
-/// codec makes of the rest at end of input. Frames that do not fit in the handler's queue are
-/// dropped: one slow peer must not stall the socket every peer shares, and UDP is lossy anyway.
+/// codec makes of the rest at end of input. Frames that do not fit in the handler's queue or
+/// in the session's byte budget are dropped: one slow peer must not stall the socket every
+/// peer shares, and UDP is lossy anyway.
 ///
 /// Returns `(frames, dropped, error)`.
 pub(crate) fn decode_datagram<D>(
     codec: &mut D,
     mut buf: BytesMut,
     tx: &queue::Sender<Inbound<D::Item>>,
+    mem: &Mem,
     read_at: u64,
 ) -> (u64, u64, Option<Error>)
 where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
 {
     let (mut frames, mut dropped) = (0, 0);
+    if mem.room() < buf.len() {
+        return (0, 1, None);
+    }
     while !buf.is_empty() {
+        let before = buf.len();
         let item = match codec.decode_eof(&mut buf) {
             Ok(Some(item)) => item,
             Ok(None) => break,
             Err(e) => return (frames, dropped, Some(Error::Decode(e.into()))),
         };
-        match tx.try_send(Inbound::Msg(item, read_at)) {
+        let len = before - buf.len();
+        mem.charge(len);
+        match tx.try_send(Inbound::Msg(item, read_at, len)) {
             Ok(()) => frames += 1,
-            Err(queue::TrySendError::Full(_)) => dropped += 1,
-            Err(queue::TrySendError::Closed(_)) => break,
+            Err(queue::TrySendError::Full(_)) => {
+                mem.release(len);
+                dropped += 1
+            }
+            Err(queue::TrySendError::Closed(_)) => {
+                mem.release(len);
+                break;
+            }
         }
     }
     (frames, dropped, None)
@@ -147,6 +162,10 @@ pub(crate) async fn datagram_reader<D, O>(
     let token = session.token().clone();
     let mut scratch: Vec<u8> = Vec::new();
     loop {
+        // Datagrams wait in the socket (or are dropped by the kernel) while the budget is spent.
+        if session.mem().room() == 0 && !Box::pin(wait_for_budget(&session, None)).await {
+            return;
+        }
         let recv = async {
             loop {
                 socket.readable().await?;
@@ -184,7 +203,10 @@ pub(crate) async fn datagram_reader<D, O>(
             return;
         }
         let mut buf = BytesMut::from(&scratch[..n]);
-        if !decode_all(&mut codec, &mut buf, &tx, &session, true, at).await {
+        session.mem().charge(n);
+        let go_on = decode_all(&mut codec, &mut buf, &tx, &session, true, at, None).await;
+        session.mem().release(buf.len());
+        if !go_on {
             return;
         }
     }

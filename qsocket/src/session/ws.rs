@@ -6,7 +6,7 @@ use super::config::SessionConfig;
 use super::handle::Session;
 use super::io::{FrameSink, Stream};
 use super::queue;
-use super::runtime::{decode_all, Inbound, ReadLimits};
+use super::runtime::{decode_all, wait_for_budget, Inbound, ReadLimits};
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -14,7 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use std::task::{Context, Poll};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Decoder;
@@ -66,6 +67,39 @@ pub(crate) async fn connect(stream: Stream, url: &str, cfg: &SessionConfig) -> R
             .await
             .map_err(ws_err)?;
     Ok(ws)
+}
+
+/// The close frame that says why a session ended (RFC 6455 section 7.4.1): 1000 for a normal
+/// close, 1009 for a message over the size limit, 1002 for a WebSocket protocol error, 1007
+/// for a message the codec could not decode, 1008 for a timeout, 1011 otherwise.
+pub(crate) fn close_frame(why: Option<&Error>) -> CloseFrame {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let code = match why {
+        None => CloseCode::Normal,
+        Some(Error::FrameTooLarge { .. }) => CloseCode::Size,
+        Some(Error::WebSocket(e)) => match e.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => CloseCode::Size,
+            Some(WsError::Protocol(_)) => CloseCode::Protocol,
+            Some(WsError::Utf8(_)) => CloseCode::Invalid,
+            _ => CloseCode::Error,
+        },
+        Some(Error::Decode(_)) => CloseCode::Invalid,
+        Some(Error::Timeout(_) | Error::ReadTimeout(_)) => CloseCode::Policy,
+        Some(_) => CloseCode::Error,
+    };
+    // A close reason is at most 123 bytes.
+    let mut reason = why.map(ToString::to_string).unwrap_or_default();
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }
 
 /// Writes each frame as one binary message, flushing once per batch.
@@ -126,18 +160,21 @@ impl FrameSink for WsSink {
             .map_err(ws_err)
     }
 
-    async fn shutdown(&mut self) {
+    async fn shutdown(&mut self, why: Option<&Error>) {
+        let _ = self.sink.send(Message::Close(Some(close_frame(why)))).await;
         let _ = self.sink.close().await;
     }
 }
 
-/// The reader task of a WebSocket session.
+/// The reader task of a WebSocket session. Between messages it waits while the session's
+/// budget is spent (watching `probe`, a second handle on the socket, for the peer hanging up).
 pub(crate) async fn ws_reader<D, O>(
     mut stream: SplitStream<Ws>,
     mut codec: D,
     tx: queue::Sender<Inbound<D::Item>>,
     session: Session<O>,
     _limits: ReadLimits,
+    probe: Option<tokio::net::TcpStream>,
 ) where
     D: Decoder<Error: Into<crate::error::BoxError> + Send> + Send,
     D::Item: Send,
@@ -145,6 +182,9 @@ pub(crate) async fn ws_reader<D, O>(
 {
     let token = session.token().clone();
     loop {
+        if session.mem().room() == 0 && !Box::pin(wait_for_budget(&session, probe.as_ref())).await {
+            return;
+        }
         let next = tokio::select! {
             biased;
             _ = token.cancelled() => return,
@@ -166,9 +206,22 @@ pub(crate) async fn ws_reader<D, O>(
         };
         let stats = session.stats_ref();
         stats.add_in(0, data.len() as u64);
+        session.mem().charge(data.len());
         let at = stats.touch();
         let mut buf = BytesMut::from(data);
-        if !decode_all(&mut codec, &mut buf, &tx, &session, true, at).await {
+        let go_on = decode_all(
+            &mut codec,
+            &mut buf,
+            &tx,
+            &session,
+            true,
+            at,
+            probe.as_ref(),
+        )
+        .await;
+        // Bytes that did not become a frame are not held any more.
+        session.mem().release(buf.len());
+        if !go_on {
             return;
         }
     }
