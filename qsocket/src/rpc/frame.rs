@@ -496,6 +496,35 @@ mod tests {
     }
 
     #[test]
+    fn a_header_announcing_the_largest_body_reserves_nothing() {
+        let mut h = BytesMut::new();
+        let header = Header {
+            kind: kind::REQUEST,
+            id: 1,
+            service: "s",
+            method: "m",
+            ..Header::default()
+        };
+        encode_frame(&mut h, &header, &Limits::default(), |b| {
+            b.put_slice(&[0; 10]);
+            Ok::<_, ()>(())
+        })
+        .expect("encode");
+        // Announce the largest body, send only the header and a few bytes of it.
+        let max = Limits::default().max_body;
+        h[24..28].copy_from_slice(&max.to_be_bytes());
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(&h);
+        let cap = buf.capacity();
+        assert_eq!(FrameCodec::default().decode(&mut buf), Ok(None));
+        assert_eq!(
+            buf.capacity(),
+            cap,
+            "nothing reserved for the announced body"
+        );
+    }
+
+    #[test]
     fn partial_frames_wait_and_bad_ones_fail() {
         let full = sample();
         let mut codec = FrameCodec::default();

@@ -84,7 +84,7 @@ where
                 (token, pool),
                 cfg,
             );
-            let probe = super::io::probe_of(ws.get_ref().tcp());
+            let probe = ws.get_ref().tcp().and_then(super::io::probe_of);
             let (sink, stream) = (*ws).split();
             let limits = ReadLimits::from(cfg);
             let reader = move || super::ws::ws_reader(stream, codec, tx, session, limits, probe);

@@ -223,16 +223,21 @@ pub(crate) enum Stream {
     Plain(TcpStream),
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// An in-memory pipe (the fuzz harnesses, `session::fuzzing`).
+    #[cfg(feature = "fuzzing")]
+    Duplex(tokio::io::DuplexStream),
 }
 
 #[cfg_attr(not(feature = "ws"), allow(dead_code))]
 impl Stream {
-    /// The socket under it.
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    /// The socket under it (`None` for an in-memory pipe).
+    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
+            Stream::Plain(s) => Some(s),
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Tls(s) => Some(s.get_ref().0),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(_) => None,
         }
     }
 }
@@ -247,6 +252,8 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -261,6 +268,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -273,6 +282,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -281,6 +292,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(s) => s.is_write_vectored(),
         }
     }
 
@@ -289,6 +302,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -297,6 +312,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(feature = "fuzzing")]
+            Stream::Duplex(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -21,6 +21,9 @@ mod client;
 mod config;
 mod conn;
 mod endpoint;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod io;
 mod listener;

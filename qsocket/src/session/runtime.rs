@@ -663,10 +663,10 @@ where
                 tracing::trace!(session = h.session.id(), peer = %h.session.peer_addr(), "session closed")
             }
         }
-        h.listener.on_close(&h.session).await;
         // What is still counted (frames never handled, a reader's partial frame) is let go
         // with the session; what a listener still retains is let go as it drops.
         h.session.mem().release_all();
+        h.listener.on_close(&h.session).await;
         Ok(())
     }
 }

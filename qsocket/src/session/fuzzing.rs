@@ -1,0 +1,360 @@
+//! In-memory session harnesses for the fuzz targets in `fuzz/` (feature `fuzzing`; not a public
+//! API, no stability promised).
+//!
+//! Each harness runs one session through the crate's own code paths — [`conn::stream_session`]
+//! for a byte stream, [`conn::run_conn`] (so `ws::ws_reader`, `ws::WsSink` and
+//! [`drive`](super::runtime::drive)) for WebSocket — over a `tokio::io::duplex` pair instead of
+//! a socket, with an echo listener. The fuzz input is what the peer sends: it is written to the
+//! peer's side in chunks, then the peer's write side is shut down, while everything the session
+//! writes back is read (and checked or discarded). Every harness then checks that:
+//!
+//! * the session ended, within [`DEADLINE`] of the runtime's (real) clock;
+//! * its byte budget gave everything back: [`Session::buffered_bytes`] is 0, and so is what it
+//!   drew from the shared budget of its "server".
+//!
+//! A broken invariant panics (libFuzzer reports a panic as a crash; a panic in a task the
+//! session spawned aborts the process under libFuzzer's panic hook, so it is reported too).
+//!
+//! # Input layout
+//!
+//! `[options][chunk 1][chunk 2][chunk 3]` then the bytes the peer sends (missing header bytes
+//! count as 0):
+//!
+//! * options bits 0–1: the session's limits — 0: defaults (frames up to 64 KiB, 16 MiB budget,
+//!   no shared budget); 1: a 64 KiB shared budget beyond a 1 KiB allowance; 2: small (1 KiB
+//!   frames, 2 KiB budget, queues of 2); 3: tiny (64-byte frames, 96-byte budget, queues of 1);
+//! * bit 2: a 16-byte pipe instead of a 64 KiB one (short reads, writes that wait);
+//! * bit 3: (WebSocket) `BytesCodec` instead of `LengthDelimitedCodec`;
+//! * bit 4: the peer reads the session's output slowly;
+//! * chunk bytes: the peer writes its bytes in chunks of `chunk + 1` bytes, cycling through the
+//!   three sizes and yielding to the session after each.
+
+use super::budget::Pool;
+use super::config::SessionConfig;
+use super::conn;
+use super::endpoint::Transport;
+use super::{Ctx, EventListener, Session};
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::runtime::Runtime;
+use tokio_util::codec::LengthDelimitedCodec;
+use tokio_util::sync::CancellationToken;
+
+/// How long a session may take to end, from the start of its run.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The largest frame (payload) of the harnesses' `LengthDelimitedCodec`.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// The header bytes before the data of an input (see the module's documentation).
+pub const HEADER: usize = 4;
+
+/// Sends every message back.
+struct Echo;
+
+impl EventListener for Echo {
+    type In = BytesMut;
+    type Out = Bytes;
+
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, msg: BytesMut) {
+        ctx.send(msg.freeze());
+    }
+}
+
+/// How one input is run.
+struct Plan<'a> {
+    opts: u8,
+    chunks: [usize; 3],
+    data: &'a [u8],
+}
+
+impl<'a> Plan<'a> {
+    fn of(input: &'a [u8]) -> Self {
+        let head = input.len().min(HEADER);
+        let mut h = [0u8; HEADER];
+        h[..head].copy_from_slice(&input[..head]);
+        Plan {
+            opts: h[0],
+            chunks: [h[1], h[2], h[3]].map(|b| usize::from(b) + 1),
+            data: &input[head..],
+        }
+    }
+
+    /// The session's settings and its server's shared budget.
+    fn config(&self) -> (SessionConfig, Option<Arc<Pool>>) {
+        let mut cfg = SessionConfig {
+            // A whole largest frame, length prefix included.
+            max_frame_len: MAX_FRAME + 4,
+            ..SessionConfig::default()
+        };
+        // Each keeps the room a session can get (its budget, or its allowance plus the shared
+        // budget) above `max_frame_len`, so a partial frame can always grow until it is whole
+        // or too large.
+        let pool = match self.opts & 3 {
+            0 => None,
+            1 => {
+                cfg.session_budget = 128 * 1024;
+                cfg.session_allowance = 1024;
+                Some(Pool::new(64 * 1024))
+            }
+            2 => {
+                cfg.max_frame_len = 1024;
+                cfg.session_budget = 2048;
+                cfg.session_allowance = 256;
+                cfg.send_queue = 2;
+                cfg.recv_queue = 2;
+                cfg.read_buffer = 512;
+                Some(Pool::new(1024))
+            }
+            _ => {
+                cfg.max_frame_len = 64;
+                cfg.session_budget = 96;
+                cfg.session_allowance = 16;
+                cfg.send_queue = 1;
+                cfg.recv_queue = 1;
+                cfg.read_buffer = 512;
+                Some(Pool::new(64))
+            }
+        };
+        (cfg, pool)
+    }
+
+    fn pipe(&self) -> usize {
+        if self.opts & 4 != 0 {
+            16
+        } else {
+            64 * 1024
+        }
+    }
+
+    fn bytes_codec(&self) -> bool {
+        self.opts & 8 != 0
+    }
+
+    fn slow_reader(&self) -> bool {
+        self.opts & 16 != 0
+    }
+}
+
+/// The runtime all runs share: one current-thread runtime per process.
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread tokio runtime")
+    })
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// The peer's sending side: the data in chunks, yielding after each, then a shutdown. Stops
+/// early if the session is gone.
+async fn feed(mut wr: WriteHalf<DuplexStream>, plan: &Plan<'_>) {
+    let mut rest = plan.data;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = plan.chunks[i % 3].min(rest.len());
+        if wr.write_all(&rest[..n]).await.is_err() {
+            return;
+        }
+        rest = &rest[n..];
+        i += 1;
+        tokio::task::yield_now().await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// The peer's receiving side: everything the session writes, until it ends.
+async fn drain(mut rd: ReadHalf<DuplexStream>, slow: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if slow {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// Runs `session` (which reports its handle through the slot) with the peer's two sides, all
+/// bounded by [`DEADLINE`]; checks the invariants shared by every harness; returns what the
+/// session wrote.
+fn run<F>(
+    what: &str,
+    plan: &Plan<'_>,
+    pool: Option<&Arc<Pool>>,
+    peer: DuplexStream,
+    slot: &OnceLock<Session<Bytes>>,
+    session: F,
+) -> Vec<u8>
+where
+    F: Future<Output = Result<(), crate::Error>>,
+{
+    let (peer_rd, peer_wr) = tokio::io::split(peer);
+    let all = async {
+        let (ended, (), out) = tokio::join!(
+            session,
+            feed(peer_wr, plan),
+            drain(peer_rd, plan.slow_reader())
+        );
+        (ended, out)
+    };
+    let (ended, out) = match runtime().block_on(tokio::time::timeout(DEADLINE, all)) {
+        Ok(r) => r,
+        Err(_) => panic!(
+            "{what}: the session did not end within {DEADLINE:?} ({} bytes of input)",
+            plan.data.len()
+        ),
+    };
+    if let Err(e) = ended {
+        panic!("{what}: the session was refused: {e}");
+    }
+    let Some(s) = slot.get() else {
+        panic!("{what}: the session never went live");
+    };
+    assert_eq!(
+        s.buffered_bytes(),
+        0,
+        "{what}: the ended session still counts bytes against its budget"
+    );
+    if let Some(p) = pool {
+        assert_eq!(
+            p.used(),
+            0,
+            "{what}: the ended session did not give back the shared budget it drew on"
+        );
+    }
+    out
+}
+
+/// What the echo session over a byte stream writes back for `data`: every whole frame up to the
+/// first that is incomplete, over a limit (the codec's, or `max_frame_len` with its length
+/// prefix), in order and unchanged.
+fn expected_echo(data: &[u8], max_frame_len: usize) -> &[u8] {
+    let mut at = 0;
+    while let Some(head) = data.get(at..at + 4) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let total = len + 4;
+        if len > MAX_FRAME || total > max_frame_len || data.len() - at < total {
+            break;
+        }
+        at += total;
+    }
+    &data[..at]
+}
+
+/// Runs `input` (see the module's documentation) through a byte-stream session with a
+/// `LengthDelimitedCodec` (frames up to [`MAX_FRAME`]) and an echo listener, over an in-memory
+/// pipe.
+///
+/// # Panics
+///
+/// If the session panics, does not end within [`DEADLINE`], keeps bytes counted against its
+/// budgets after it ended, or echoes anything but the input's whole, in-limit frames in order.
+pub fn run_stream_session(input: &[u8]) {
+    let plan = Plan::of(input);
+    let (cfg, pool) = plan.config();
+    let (ours, peer) = tokio::io::duplex(plan.pipe());
+    let (rd, wr) = tokio::io::split(ours);
+    let force = CancellationToken::new();
+    let slot = OnceLock::new();
+    let what = (
+        Echo,
+        codec(),
+        (Transport::Tcp, addr(1), addr(2)),
+        CancellationToken::new(),
+        pool.as_ref(),
+    );
+    let session = conn::stream_session(rd, wr, what, &cfg, &force, |s| {
+        let _ = slot.set(s.clone());
+    });
+    let out = run("stream session", &plan, pool.as_ref(), peer, &slot, session);
+    let want = expected_echo(plan.data, cfg.max_frame_len);
+    if out != want {
+        panic!(
+            "stream session: echoed {} bytes, expected the {} bytes of the input's whole frames \
+             (first difference at byte {})",
+            out.len(),
+            want.len(),
+            out.iter()
+                .zip(want)
+                .position(|(a, b)| a != b)
+                .unwrap_or(out.len().min(want.len()))
+        );
+    }
+}
+
+/// Runs `input` (see the module's documentation) through a WebSocket session (server role, no
+/// handshake: the data is what a client sends after the upgrade) with an echo listener, over
+/// an in-memory pipe. What the session writes back is read and discarded.
+///
+/// # Panics
+///
+/// If the session panics, does not end within [`DEADLINE`], or keeps bytes counted against its
+/// budgets after it ended.
+#[cfg(feature = "ws")]
+pub fn run_ws_session(input: &[u8]) {
+    if Plan::of(input).bytes_codec() {
+        ws_session(input, tokio_util::codec::BytesCodec::new());
+    } else {
+        ws_session(input, codec());
+    }
+}
+
+#[cfg(feature = "ws")]
+fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    let plan = Plan::of(input);
+    let (cfg, pool) = plan.config();
+    let (ours, peer) = tokio::io::duplex(plan.pipe());
+    let force = CancellationToken::new();
+    let slot = OnceLock::new();
+    let session = async {
+        let ws = WebSocketStream::from_raw_socket(
+            super::io::Stream::Duplex(ours),
+            Role::Server,
+            Some(super::ws::ws_config(&cfg)),
+        )
+        .await;
+        let conn = conn::Conn {
+            io: conn::Io::Ws(Box::new(ws)),
+            transport: Transport::Ws,
+            local: addr(1),
+            peer: addr(2),
+        };
+        let token = CancellationToken::new();
+        conn::run_conn(conn, Echo, codec, &cfg, token, pool.as_ref(), &force, |s| {
+            let _ = slot.set(s.clone());
+        })
+        .await
+    };
+    run(
+        "websocket session",
+        &plan,
+        pool.as_ref(),
+        peer,
+        &slot,
+        session,
+    );
+}
