@@ -1,12 +1,12 @@
 //! In-memory session harnesses for the fuzz targets in `fuzz/` (feature `fuzzing`; not a public
 //! API, no stability promised).
 //!
-//! Each harness runs one session through the crate's own code paths — [`conn::stream_session`]
-//! for a byte stream, [`conn::run_conn`] (so `ws::ws_reader`, `ws::WsSink` and
-//! [`drive`](super::runtime::drive)) for WebSocket — over a `tokio::io::duplex` pair instead of
-//! a socket, with an echo listener. The fuzz input is what the peer sends: it is written to the
-//! peer's side in chunks, then the peer's write side is shut down, while everything the session
-//! writes back is read (and checked or discarded). Every harness then checks that:
+//! Each harness runs one session through the crate's own code paths — `conn::stream_session`
+//! for a byte stream, `conn::run_conn` (so `ws::ws_reader`, `ws::WsSink` and `runtime::drive`)
+//! for WebSocket — over a `tokio::io::duplex` pair instead of a socket, with an echo listener.
+//! The fuzz input is what the peer sends: it is written to the peer's side in chunks, then the
+//! peer's write side is shut down, while everything the session writes back is read (and
+//! checked or discarded). Every harness then checks that:
 //!
 //! * the session ended, within [`DEADLINE`] of the runtime's (real) clock;
 //! * its byte budget gave everything back: [`Session::buffered_bytes`] is 0, and so is what it
@@ -33,7 +33,7 @@ use super::budget::Pool;
 use super::config::SessionConfig;
 use super::conn;
 use super::endpoint::Transport;
-use super::{Ctx, EventListener, Session};
+use super::{Ctx, EventListener, Session, SessionStats};
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +52,15 @@ pub const MAX_FRAME: usize = 64 * 1024;
 
 /// The header bytes before the data of an input (see the module's documentation).
 pub const HEADER: usize = 4;
+
+/// What a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes the session wrote back to the peer (transport framing included).
+    pub echoed: usize,
+    /// The session's counters when it ended.
+    pub stats: SessionStats,
+}
 
 /// Sends every message back.
 struct Echo;
@@ -197,7 +206,7 @@ async fn drain(mut rd: ReadHalf<DuplexStream>, slow: bool) -> Vec<u8> {
 
 /// Runs `session` (which reports its handle through the slot) with the peer's two sides, all
 /// bounded by [`DEADLINE`]; checks the invariants shared by every harness; returns what the
-/// session wrote.
+/// session wrote and its counters.
 fn run<F>(
     what: &str,
     plan: &Plan<'_>,
@@ -205,7 +214,7 @@ fn run<F>(
     peer: DuplexStream,
     slot: &OnceLock<Session<Bytes>>,
     session: F,
-) -> Vec<u8>
+) -> (Vec<u8>, SessionStats)
 where
     F: Future<Output = Result<(), crate::Error>>,
 {
@@ -243,23 +252,53 @@ where
             "{what}: the ended session did not give back the shared budget it drew on"
         );
     }
-    out
+    (out, s.stats())
 }
 
-/// What the echo session over a byte stream writes back for `data`: every whole frame up to the
-/// first that is incomplete, over a limit (the codec's, or `max_frame_len` with its length
-/// prefix), in order and unchanged.
-fn expected_echo(data: &[u8], max_frame_len: usize) -> &[u8] {
-    let mut at = 0;
-    while let Some(head) = data.get(at..at + 4) {
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let total = len + 4;
-        if len > MAX_FRAME || total > max_frame_len || data.len() - at < total {
-            break;
-        }
-        at += total;
+/// The frame of `LengthDelimitedCodec` at the start of `rest`: its whole length, or `None` if
+/// it is incomplete or over the codec's limit.
+fn frame_at(rest: &[u8]) -> Option<usize> {
+    let head = rest.get(..4)?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    (len <= MAX_FRAME && rest.len() >= len + 4).then_some(len + 4)
+}
+
+/// Checks what the echo session over a byte stream wrote back for `data`: the input's whole
+/// frames, in order and unchanged, from the first on. It may stop only where the next frame is
+/// incomplete, over the codec's limit, or longer than `max_frame_len` (which bounds a *partial*
+/// frame: one that ends within the read that takes it past the limit is still accepted).
+fn check_echo(data: &[u8], out: &[u8], max_frame_len: usize) -> Result<(), String> {
+    if !data.starts_with(out) {
+        let at = out.iter().zip(data).position(|(a, b)| a != b);
+        return Err(format!(
+            "echoed {} bytes that are not a prefix of the input's {} (first difference at byte {})",
+            out.len(),
+            data.len(),
+            at.unwrap_or(data.len())
+        ));
     }
-    &data[..at]
+    let mut at = 0;
+    loop {
+        let next = frame_at(&data[at..]);
+        if at == out.len() {
+            return match next {
+                Some(total) if total <= max_frame_len => Err(format!(
+                    "the echo stops at byte {at}, before a whole frame of {total} bytes within \
+                     the limits"
+                )),
+                _ => Ok(()),
+            };
+        }
+        match next {
+            Some(total) if at + total <= out.len() => at += total,
+            _ => {
+                return Err(format!(
+                    "the echo ({} bytes) goes past the input's whole frames, from byte {at}",
+                    out.len()
+                ))
+            }
+        }
+    }
 }
 
 /// Runs `input` (see the module's documentation) through a byte-stream session with a
@@ -269,8 +308,11 @@ fn expected_echo(data: &[u8], max_frame_len: usize) -> &[u8] {
 /// # Panics
 ///
 /// If the session panics, does not end within [`DEADLINE`], keeps bytes counted against its
-/// budgets after it ended, or echoes anything but the input's whole, in-limit frames in order.
-pub fn run_stream_session(input: &[u8]) {
+/// budgets after it ended, or echoes anything but the input's whole frames in order (all of
+/// them up to the first that is incomplete or over a limit).
+pub fn run_stream_session(input: &[u8]) -> Outcome {
+    // `drive` spawns the reader as the session's future is made.
+    let _rt = runtime().enter();
     let plan = Plan::of(input);
     let (cfg, pool) = plan.config();
     let (ours, peer) = tokio::io::duplex(plan.pipe());
@@ -287,19 +329,13 @@ pub fn run_stream_session(input: &[u8]) {
     let session = conn::stream_session(rd, wr, what, &cfg, &force, |s| {
         let _ = slot.set(s.clone());
     });
-    let out = run("stream session", &plan, pool.as_ref(), peer, &slot, session);
-    let want = expected_echo(plan.data, cfg.max_frame_len);
-    if out != want {
-        panic!(
-            "stream session: echoed {} bytes, expected the {} bytes of the input's whole frames \
-             (first difference at byte {})",
-            out.len(),
-            want.len(),
-            out.iter()
-                .zip(want)
-                .position(|(a, b)| a != b)
-                .unwrap_or(out.len().min(want.len()))
-        );
+    let (out, stats) = run("stream session", &plan, pool.as_ref(), peer, &slot, session);
+    if let Err(e) = check_echo(plan.data, &out, cfg.max_frame_len) {
+        panic!("stream session: {e}");
+    }
+    Outcome {
+        echoed: out.len(),
+        stats,
     }
 }
 
@@ -312,19 +348,20 @@ pub fn run_stream_session(input: &[u8]) {
 /// If the session panics, does not end within [`DEADLINE`], or keeps bytes counted against its
 /// budgets after it ended.
 #[cfg(feature = "ws")]
-pub fn run_ws_session(input: &[u8]) {
+pub fn run_ws_session(input: &[u8]) -> Outcome {
     if Plan::of(input).bytes_codec() {
-        ws_session(input, tokio_util::codec::BytesCodec::new());
+        ws_session(input, tokio_util::codec::BytesCodec::new())
     } else {
-        ws_session(input, codec());
+        ws_session(input, codec())
     }
 }
 
 #[cfg(feature = "ws")]
-fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) {
+fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) -> Outcome {
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::WebSocketStream;
 
+    let _rt = runtime().enter();
     let plan = Plan::of(input);
     let (cfg, pool) = plan.config();
     let (ours, peer) = tokio::io::duplex(plan.pipe());
@@ -349,7 +386,7 @@ fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) {
         })
         .await
     };
-    run(
+    let (out, stats) = run(
         "websocket session",
         &plan,
         pool.as_ref(),
@@ -357,4 +394,8 @@ fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) {
         &slot,
         session,
     );
+    Outcome {
+        echoed: out.len(),
+        stats,
+    }
 }

@@ -264,9 +264,17 @@ where
             let mem = session.mem();
             let read = poll_fn(|cx| match mem.room() {
                 0 => Poll::Ready(None),
-                room => src
-                    .poll_read_into(cx, &mut buf, want.min(room), room)
-                    .map(Some),
+                room => match src.poll_read_into(cx, &mut buf, want.min(room), room) {
+                    Poll::Pending => {
+                        // Readiness that came to nothing (a new connection's first wake-up
+                        // often does) must not leave a read buffer behind in a waiting session.
+                        if buf.is_empty() && buf.capacity() > keep {
+                            buf = BytesMut::new();
+                        }
+                        Poll::Pending
+                    }
+                    done => done.map(Some),
+                },
             });
             let deadline = limits
                 .read_timeout
