@@ -28,10 +28,22 @@ pub(crate) trait ReadSource: Send + 'static {
     }
 }
 
+/// Above this capacity a read buffer grows by exactly what is asked for (small ones double).
+const GROW_EXACT_FROM: usize = 64 * 1024;
+
 /// Reserves room for a whole `want` (an empty buffer whose frames are gone is reused in place).
+/// A large buffer (a large partial frame) grows by exactly `want`, not by doubling, so what it
+/// holds stays within the byte budget that allowed `want`.
 fn room_for(buf: &mut BytesMut, want: usize) {
-    if buf.capacity() - buf.len() < want {
+    if buf.capacity() - buf.len() >= want {
+        return;
+    }
+    if buf.capacity() < GROW_EXACT_FROM {
         buf.reserve(want);
+    } else {
+        let mut v: Vec<u8> = std::mem::take(buf).into();
+        v.reserve_exact(want);
+        *buf = BytesMut::from(bytes::Bytes::from(v));
     }
 }
 

@@ -82,6 +82,7 @@ fn decode_some<D>(
     eof: bool,
     read_at: u64,
     frames: &mut u64,
+    moved: &mut usize,
 ) -> Step
 where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
@@ -99,11 +100,9 @@ where
         match decoded {
             Ok(Some(item)) => {
                 *frames += 1;
-                Some(Inbound::Msg(
-                    item,
-                    read_at,
-                    before.saturating_sub(buf.len()),
-                ))
+                let len = before.saturating_sub(buf.len());
+                *moved += len;
+                Some(Inbound::Msg(item, read_at, len))
             }
             Ok(None) => None,
             Err(e) => {
@@ -127,7 +126,9 @@ where
 /// not reading ends it at once). With `eof`, the buffer is a whole message (a datagram, a
 /// WebSocket message, the rest of a stream at EOF): the codec's `decode_eof` also gets what is
 /// left. Returns `false` when the session should stop reading (decode error, handler gone,
-/// peer gone).
+/// peer gone). Adds to `moved` the bytes of `buf` that became frames (each frame holds its
+/// share of the budget from then on).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn decode_all<D, O>(
     codec: &mut D,
     buf: &mut BytesMut,
@@ -136,12 +137,13 @@ pub(crate) async fn decode_all<D, O>(
     eof: bool,
     read_at: u64,
     probe: Option<&TcpStream>,
+    moved: &mut usize,
 ) -> bool
 where
     D: Decoder<Error: Into<crate::error::BoxError> + Send>,
 {
     let mut frames = 0u64;
-    let mut step = decode_some(codec, buf, tx, eof, read_at, &mut frames);
+    let mut step = decode_some(codec, buf, tx, eof, read_at, &mut frames, moved);
     if matches!(step, Step::Full | Step::Failed(_)) {
         // Rare (the handler is behind, or the input is bad): boxed, so a reader's state does
         // not carry these waits.
@@ -157,7 +159,7 @@ where
                                 break Step::Closed;
                             }
                         }
-                        step = decode_some(codec, buf, tx, eof, read_at, &mut frames);
+                        step = decode_some(codec, buf, tx, eof, read_at, &mut frames, moved);
                     }
                     Step::Failed(e) => {
                         report(tx, e).await;
@@ -205,11 +207,15 @@ pub(crate) async fn wait_for_budget<O>(session: &Session<O>, probe: Option<&TcpS
 const MAX_SPARE: usize = MAX_READ;
 
 /// Gives back spare room beyond what has arrived plus a read, whatever a decoder reserved.
+/// The allocation is shrunk in place (no second buffer, no copy where the allocator can
+/// shrink it where it is; glibc also keeps a large block a mapping of its own that way,
+/// instead of freeing it and raising its threshold for mapping large blocks, which would
+/// make later large buffers come from — and stay in — the heap).
 fn trim_spare(buf: &mut BytesMut, want: usize) {
     if buf.capacity() - buf.len() > MAX_SPARE {
-        let mut smaller = BytesMut::with_capacity(buf.len() + want);
-        smaller.extend_from_slice(buf);
-        *buf = smaller;
+        let mut v: Vec<u8> = std::mem::take(buf).into();
+        v.shrink_to(v.len() + want);
+        *buf = BytesMut::from(bytes::Bytes::from(v));
     }
 }
 
@@ -233,6 +239,10 @@ where
     let (mut src, mut codec) = (src, codec);
     async move {
         let mut buf = BytesMut::new();
+        // The budget bytes the reader's buffer holds: its whole capacity (what is allocated
+        // for it, read or not; bytes that became frames are the frames' from then on).
+        let mut charged = 0usize;
+        let mem = session.mem();
         let mut want = limits.read_buffer;
         // Small reads in a row.
         let mut small = 0u8;
@@ -257,24 +267,25 @@ where
             };
             if buf.is_empty() && buf.capacity() > keep {
                 buf = BytesMut::new();
+                settle(mem, &mut charged, 0);
             }
             let before = buf.len();
             // The budget's room is looked at when the bytes are there to be read, so many
-            // waiting sessions cannot all be let in at once.
-            let mem = session.mem();
+            // waiting sessions cannot all be let in at once; the buffer grows by no more than
+            // the room (a large partial frame by a quarter of itself at a time).
             let read = poll_fn(|cx| match mem.room() {
                 0 => Poll::Ready(None),
-                room => match src.poll_read_into(cx, &mut buf, want.min(room), room) {
-                    Poll::Pending => {
+                room => {
+                    let grow = want.max(buf.len() / 4).min(room);
+                    let r = src.poll_read_into(cx, &mut buf, grow, room);
+                    if r.is_pending() && buf.is_empty() && buf.capacity() > keep {
                         // Readiness that came to nothing (a new connection's first wake-up
                         // often does) must not leave a read buffer behind in a waiting session.
-                        if buf.is_empty() && buf.capacity() > keep {
-                            buf = BytesMut::new();
-                        }
-                        Poll::Pending
+                        buf = BytesMut::new();
                     }
-                    done => done.map(Some),
-                },
+                    settle(mem, &mut charged, buf.capacity());
+                    r.map(Some)
+                }
             });
             let deadline = limits
                 .read_timeout
@@ -308,18 +319,21 @@ where
                 }
                 continue;
             };
+            let mut moved = 0;
             match result {
                 Ok(0) => {
                     // EOF: hand on every frame already read (a last frame is never lost), then
                     // report bytes that do not form a frame.
                     let at = session.stats_ref().active_ms();
-                    decode_all(&mut codec, &mut buf, &tx, &session, true, at, None).await;
+                    decode_all(
+                        &mut codec, &mut buf, &tx, &session, true, at, None, &mut moved,
+                    )
+                    .await;
                     return;
                 }
                 Ok(n) => {
                     let stats = session.stats_ref();
                     stats.add_in(0, n as u64);
-                    mem.charge(n);
                     let at = stats.touch();
                     // Adapt the next read size to the traffic (like netty's adaptive
                     // allocator): grow at once when a read fills the buffer; shrink only after
@@ -338,12 +352,24 @@ where
                     } else {
                         small = 0;
                     }
-                    if !decode_all(&mut codec, &mut buf, &tx, &session, false, at, src.probe())
-                        .await
-                    {
+                    let go_on = decode_all(
+                        &mut codec,
+                        &mut buf,
+                        &tx,
+                        &session,
+                        false,
+                        at,
+                        src.probe(),
+                        &mut moved,
+                    )
+                    .await;
+                    // The frames' bytes left the buffer's capacity with them.
+                    charged = charged.saturating_sub(moved);
+                    if !go_on {
                         return;
                     }
                     trim_spare(&mut buf, want);
+                    settle(mem, &mut charged, buf.capacity());
                     if buf.len() > limits.max_frame_len {
                         let err = Error::FrameTooLarge {
                             len: buf.len(),
@@ -360,6 +386,16 @@ where
             }
         }
     }
+}
+
+/// Brings what the reader's buffer is counted for (`charged`) to its capacity `cap`.
+fn settle(mem: &super::budget::Mem, charged: &mut usize, cap: usize) {
+    if cap > *charged {
+        mem.charge(cap - *charged);
+    } else {
+        mem.release(*charged - cap);
+    }
+    *charged = cap;
 }
 
 /// Runs `fut`, first polling it once without any timer; if it is pending, bounds it by

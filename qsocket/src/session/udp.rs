@@ -204,7 +204,7 @@ pub(crate) async fn datagram_reader<D, O>(
         }
         let mut buf = BytesMut::from(&scratch[..n]);
         session.mem().charge(n);
-        let go_on = decode_all(&mut codec, &mut buf, &tx, &session, true, at, None).await;
+        let go_on = decode_all(&mut codec, &mut buf, &tx, &session, true, at, None, &mut 0).await;
         session.mem().release(buf.len());
         if !go_on {
             return;

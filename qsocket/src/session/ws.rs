@@ -217,6 +217,7 @@ pub(crate) async fn ws_reader<D, O>(
             true,
             at,
             probe.as_ref(),
+            &mut 0,
         )
         .await;
         // Bytes that did not become a frame are not held any more.
