@@ -380,10 +380,16 @@ async fn malformed_metadata_is_refused_with_invalid_argument() {
 async fn an_rpc_session_paused_by_its_in_flight_limit_notices_a_fin() {
     // Few requests in flight and a short queue, so the session stops reading quickly; no
     // session timeout, so only noticing the FIN can end it.
-    let mut cfg = RpcServerConfig::default();
-    cfg.max_in_flight = 2;
-    cfg.session.recv_queue = 2;
-    cfg.session.session_timeout = None;
+    let defaults = RpcServerConfig::default();
+    let cfg = RpcServerConfig {
+        max_in_flight: 2,
+        session: SessionConfig {
+            recv_queue: 2,
+            session_timeout: None,
+            ..defaults.session.clone()
+        },
+        ..defaults
+    };
     let (server, addr) = rpc_server(cfg).await;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut all = BytesMut::new();

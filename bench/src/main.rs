@@ -8,6 +8,7 @@
 //! cargo run -p qsocket-bench --release -- compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]
 //! cargo run -p qsocket-bench --release -- compare-idle [--impls A,B,…] [--sessions N]
 //! cargo run -p qsocket-bench --release -- costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]
+//! cargo run -p qsocket-bench --release -- hostile [--attacks A,B,…] [--shared-budget-mib N]
 //! ```
 //!
 //! * `echo`: for each of TCP, UDP and WebSocket, a qsocket echo server and a qsocket client
@@ -25,6 +26,10 @@
 //!   tonic) side by side, server and client in separate pinned processes (see `compare.rs`).
 //! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
 //!   server process, from two runs of fixed call counts (see `costs.rs`).
+//! * `hostile`: memory attacks (slow readers, header-only and almost complete frames, parked
+//!   RPC calls) against a qsocket server with its default configuration in a child process
+//!   (hidden subcommand `hostile-server`), a fresh one per attack: the child's idle, peak and
+//!   final RSS (see `hostile.rs`). Not part of `all`.
 //!
 //! Progress goes to stderr, results to stdout.
 
@@ -42,6 +47,7 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 mod compare;
 mod costs;
+mod hostile;
 mod impl_baseline;
 mod impl_qsocket;
 mod impl_tarpc;
@@ -141,6 +147,11 @@ fn main() -> ExitCode {
             }
         })(),
         "idle-server" => idle_server(),
+        "hostile" => hostile::cmd_hostile(opts.attacks.as_deref(), opts.shared_budget_mib)
+            .map(|t| print!("{t}")),
+        "hostile-server" => opts
+            .pos(0)
+            .and_then(|kind| hostile::hostile_server(kind, opts.shared_budget_mib)),
         "-h" | "--help" | "help" => {
             usage();
             Ok(())
@@ -164,7 +175,8 @@ fn usage() {
          qsocket-bench all  [--secs S] [--inflight N] [--sessions N] [--rounds R]   (everything)\n       \
          qsocket-bench compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]\n       \
          qsocket-bench compare-idle [--impls A,B,…] [--sessions N]\n       \
-         qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n\
+         qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n       \
+         qsocket-bench hostile [--attacks A,B,…] [--shared-budget-mib N]\n\
          implementations: baseline, qsocket, qsocket-json, qsocket-udp, qsocket-ws, tarpc, tonic"
     );
 }
@@ -179,6 +191,10 @@ struct Opts {
     impls: Option<String>,
     /// `--calls`: the call count of the hidden `load` subcommand.
     calls: Option<u64>,
+    /// `--attacks`: the attacks of `hostile` (comma-separated; default all).
+    attacks: Option<String>,
+    /// `--shared-budget-mib`: passed to the `hostile` server child.
+    shared_budget_mib: Option<u64>,
     positional: Vec<String>,
 }
 
@@ -207,6 +223,8 @@ impl Opts {
             ns: None,
             impls: None,
             calls: None,
+            attacks: None,
+            shared_budget_mib: None,
             positional: Vec::new(),
         };
         let mut it = args.iter();
@@ -231,6 +249,8 @@ impl Opts {
                 }
                 "--calls" => o.calls = Some(value()?.parse()?),
                 "--impls" => o.impls = Some(value()?),
+                "--attacks" => o.attacks = Some(value()?),
+                "--shared-budget-mib" => o.shared_budget_mib = Some(value()?.parse()?),
                 f if !f.starts_with("--") => o.positional.push(f.to_string()),
                 _ => return Err(format!("unknown option {flag:?}").into()),
             }

@@ -402,8 +402,7 @@ async fn supervise<L, C, F>(
                     listener,
                     shared.codec.clone(),
                     &shared.cfg,
-                    token.child_token(),
-                    None,
+                    (token.child_token(), None),
                     &force,
                     |s| {
                         live = Some(s.clone());

@@ -43,8 +43,7 @@ pub(crate) async fn run_conn<L, C>(
     listener: L,
     codec: C,
     cfg: &SessionConfig,
-    token: CancellationToken,
-    pool: Option<&Arc<Pool>>,
+    (token, pool): (CancellationToken, Option<&Arc<Pool>>),
     force: &CancellationToken,
     on_live: impl FnOnce(&Session<L::Out>),
 ) -> Result<(), Error>

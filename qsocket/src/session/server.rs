@@ -483,8 +483,7 @@ where
         (shared.factory)(),
         shared.codec.clone(),
         cfg,
-        token,
-        Some(&shared.pool),
+        (token, Some(&shared.pool)),
         &shared.force,
         |_| {},
     )
