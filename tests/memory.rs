@@ -557,3 +557,81 @@ async fn one_datagram_peers_cannot_lock_new_udp_peers_out() {
     assert!(server.udp_session_count() <= 4);
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_messages_still_arriving_count_against_the_budgets() {
+    let sessions = Sessions::default();
+    let events = Events::default();
+    let (ev, ss) = (events.clone(), sessions.clone());
+    let cfg = SessionConfig {
+        session_budget: 2 * MIB,
+        max_frame_len: 2 * MIB,
+        ..SessionConfig::default()
+    };
+    let server = Server::builder(codec(), move || Keeper {
+        inner: Recorder {
+            events: ev.clone(),
+            echo: true,
+        },
+        sessions: ss.clone(),
+    })
+    .bind("ws://127.0.0.1:0/ws")
+    .config(cfg)
+    .shared_budget(2 * MIB)
+    .start()
+    .await
+    .expect("server");
+    let addr = server.local_addr(Transport::Ws).expect("ws");
+    // Two peers each send all but the last byte of a message of almost 2 MiB: together more
+    // than the shared budget, which the server's WebSocket layer would otherwise gather unseen.
+    let len = 2 * MIB - 16;
+    let mut writers = Vec::new();
+    let sent = Arc::new(AtomicU64::new(0));
+    for _ in 0..2 {
+        let s = ws_raw(addr, "/ws").await;
+        let (rd, mut wr) = s.into_split();
+        let sent = sent.clone();
+        writers.push((
+            rd,
+            tokio::spawn(async move {
+                let mask = [1u8, 2, 3, 4];
+                let mut f = vec![0x82, 0x80 | 127];
+                f.extend_from_slice(&(len as u64).to_be_bytes());
+                f.extend_from_slice(&mask);
+                wr.write_all(&f).await.expect("header");
+                let chunk: Vec<u8> = (0..64 * 1024).map(|i| mask[i % 4]).collect();
+                let mut left = len - 1;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if wr.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    left -= n;
+                    sent.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                wr
+            }),
+        ));
+    }
+    eventually("both sessions open", || {
+        sessions.lock().expect("sessions").len() == 2
+    })
+    .await;
+    stalled(&sent).await;
+    let held: Vec<usize> = sessions
+        .lock()
+        .expect("sessions")
+        .iter()
+        .map(Session::buffered_bytes)
+        .collect();
+    let total: usize = held.iter().sum();
+    assert!(total >= MIB, "partial messages are counted: {held:?}");
+    // The shared budget, two allowances, and at most one read past it each.
+    assert!(total <= 2 * MIB + 2 * 16 * 1024 + 2 * 64 * 1024, "{held:?}");
+    assert!(server.shared_budget_used() <= 2 * MIB + 2 * 64 * 1024);
+    for (rd, w) in writers {
+        w.abort();
+        drop(rd);
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}

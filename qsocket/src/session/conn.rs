@@ -23,7 +23,7 @@ pub(crate) enum Io {
     #[cfg(feature = "tls")]
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
     #[cfg(feature = "ws")]
-    Ws(Box<tokio_tungstenite::WebSocketStream<super::io::Stream>>),
+    Ws(Box<tokio_tungstenite::WebSocketStream<super::ws::Metered>>),
     /// A connected UDP socket (client side).
     Udp(Arc<UdpSocket>),
 }
@@ -83,10 +83,13 @@ where
                 (token, pool),
                 cfg,
             );
+            let mut ws = ws;
+            let unclaimed = super::ws::meter(&mut ws, &session);
             let probe = ws.get_ref().tcp().and_then(super::io::probe_of);
             let (sink, stream) = (*ws).split();
             let limits = ReadLimits::from(cfg);
-            let reader = move || super::ws::ws_reader(stream, codec, tx, session, limits, probe);
+            let reader =
+                move || super::ws::ws_reader(stream, codec, tx, session, limits, probe, unclaimed);
             let sink = super::ws::WsSink::new(sink, cfg.max_frame_len);
             Box::pin(drive(parts, sink, Some(reader), cfg, force, on_live)).await
         }

@@ -54,10 +54,10 @@ pub const MAX_FRAME: usize = 64 * 1024;
 pub const HEADER: usize = 4;
 
 /// What a run did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// Bytes the session wrote back to the peer (transport framing included).
-    pub echoed: usize,
+    /// What the session wrote back to the peer (transport framing included).
+    pub output: Vec<u8>,
     /// The session's counters when it ended.
     pub stats: SessionStats,
 }
@@ -333,10 +333,7 @@ pub fn run_stream_session(input: &[u8]) -> Outcome {
     if let Err(e) = check_echo(plan.data, &out, cfg.max_frame_len) {
         panic!("stream session: {e}");
     }
-    Outcome {
-        echoed: out.len(),
-        stats,
-    }
+    Outcome { output: out, stats }
 }
 
 /// Runs `input` (see the module's documentation) through a WebSocket session (server role, no
@@ -369,7 +366,7 @@ fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) -> Outco
     let slot = OnceLock::new();
     let session = async {
         let ws = WebSocketStream::from_raw_socket(
-            super::io::Stream::Duplex(ours),
+            super::ws::Metered::new(super::io::Stream::Duplex(ours)),
             Role::Server,
             Some(super::ws::ws_config(&cfg)),
         )
@@ -381,9 +378,17 @@ fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) -> Outco
             peer: addr(2),
         };
         let token = CancellationToken::new();
-        conn::run_conn(conn, Echo, codec, &cfg, token, pool.as_ref(), &force, |s| {
-            let _ = slot.set(s.clone());
-        })
+        conn::run_conn(
+            conn,
+            Echo,
+            codec,
+            &cfg,
+            (token, pool.as_ref()),
+            &force,
+            |s| {
+                let _ = slot.set(s.clone());
+            },
+        )
         .await
     };
     let (out, stats) = run(
@@ -394,8 +399,5 @@ fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) -> Outco
         &slot,
         session,
     );
-    Outcome {
-        echoed: out.len(),
-        stats,
-    }
+    Outcome { output: out, stats }
 }

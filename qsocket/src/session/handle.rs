@@ -323,6 +323,24 @@ impl<O> Session<O> {
         &self.inner.mem
     }
 
+    /// A handle on the session's byte gauge that does not name its message type (for the
+    /// transport layers under it).
+    #[cfg_attr(not(feature = "ws"), allow(dead_code))]
+    pub(crate) fn gauge(&self) -> Gauge
+    where
+        O: Send + 'static,
+    {
+        Gauge(self.inner.clone())
+    }
+
+    /// The peer hung up while the session was not reading: the session ends at once (its work
+    /// in flight is dropped, nothing more is written).
+    pub(crate) fn peer_gone(&self) {
+        tracing::debug!(session = self.id(), peer = %self.peer_addr(), "peer hung up while the session was paused");
+        self.inner.mem.set_gone();
+        self.close();
+    }
+
     pub(crate) fn stats_ref(&self) -> &Stats {
         &self.inner.stats
     }
@@ -333,6 +351,47 @@ impl<O> Session<O> {
 
     pub(crate) fn mark_closed(&self) {
         self.inner.closed.store(true, Ordering::Release);
+    }
+}
+
+/// What the transport layers under a session need of it, whatever its message type.
+trait Gauged: Send + Sync {
+    fn mem(&self) -> &Mem;
+    fn id(&self) -> u64;
+    fn close(&self);
+}
+
+impl<O: Send + 'static> Gauged for Inner<O> {
+    fn mem(&self) -> &Mem {
+        &self.mem
+    }
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+}
+
+/// A session's byte gauge, for the layers under it (see [`Session::gauge`]).
+#[derive(Clone)]
+pub(crate) struct Gauge(Arc<dyn Gauged>);
+
+#[cfg_attr(not(feature = "ws"), allow(dead_code))]
+impl Gauge {
+    pub(crate) fn mem(&self) -> &Mem {
+        self.0.mem()
+    }
+
+    /// See [`Session::peer_gone`].
+    pub(crate) fn peer_gone(&self) {
+        tracing::debug!(
+            session = self.0.id(),
+            "peer hung up while the session was paused"
+        );
+        self.0.mem().set_gone();
+        self.0.close();
     }
 }
 

@@ -155,7 +155,7 @@ where
                             biased;
                             _ = tx.wait_for_room() => {}
                             _ = hung_up(probe) => {
-                                peer_gone(session);
+                                session.peer_gone();
                                 break Step::Closed;
                             }
                         }
@@ -180,14 +180,6 @@ pub(crate) async fn report<T>(tx: &queue::Sender<Inbound<T>>, e: Error) {
     let _ = Box::pin(tx.send(Inbound::Err(e))).await;
 }
 
-/// The peer hung up while the session was not reading: end the session at once (its work in
-/// flight is dropped, nothing more is written).
-fn peer_gone<O>(session: &Session<O>) {
-    tracing::debug!(session = session.id(), peer = %session.peer_addr(), "peer hung up while the session was paused");
-    session.mem().set_gone();
-    session.close();
-}
-
 /// Waits, without reading, until the session's budget has room; meanwhile watches `probe`'s
 /// socket. `false` if the peer hung up.
 pub(crate) async fn wait_for_budget<O>(session: &Session<O>, probe: Option<&TcpStream>) -> bool {
@@ -195,7 +187,7 @@ pub(crate) async fn wait_for_budget<O>(session: &Session<O>, probe: Option<&TcpS
         biased;
         _ = poll_fn(|cx| session.mem().poll_room(cx)) => true,
         _ = hung_up(probe) => {
-            peer_gone(session);
+            session.peer_gone();
             false
         }
     }

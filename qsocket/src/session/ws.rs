@@ -3,7 +3,7 @@
 //! message read, pongs included, keeps the session's `active()` current.
 
 use super::config::SessionConfig;
-use super::handle::Session;
+use super::handle::{Gauge, Session};
 use super::io::{FrameSink, Stream};
 use super::queue;
 use super::runtime::{decode_all, wait_for_budget, Inbound, ReadLimits};
@@ -11,7 +11,12 @@ use crate::Error;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -20,7 +25,154 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Decoder;
 
-type Ws = WebSocketStream<Stream>;
+type Ws = WebSocketStream<Metered>;
+
+/// The byte stream under a WebSocket session. Once the session runs, every byte tungstenite
+/// reads counts against the session's byte budget as it arrives — a message still being
+/// received included, which tungstenite would otherwise gather up to `max_frame_len` unseen —
+/// and reading stops while the budget is spent (watching the socket for the peer hanging up).
+pub(crate) struct Metered {
+    io: Stream,
+    gate: Option<Gate>,
+}
+
+struct Gate {
+    gauge: Gauge,
+    /// Bytes read and counted that no message has claimed yet (see [`ws_reader`]).
+    unclaimed: Arc<AtomicUsize>,
+    /// While paused with unread bytes waiting: when to look for a hang-up again.
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Metered {
+    pub(crate) fn new(io: Stream) -> Self {
+        Metered { io, gate: None }
+    }
+
+    /// The socket under it.
+    pub(crate) fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.io.tcp()
+    }
+
+    /// Starts counting what is read against `gauge`; returns the count of bytes read that no
+    /// message has claimed yet.
+    fn meter(&mut self, gauge: Gauge) -> Arc<AtomicUsize> {
+        let unclaimed = Arc::new(AtomicUsize::new(0));
+        self.gate = Some(Gate {
+            gauge,
+            unclaimed: unclaimed.clone(),
+            recheck: None,
+        });
+        unclaimed
+    }
+}
+
+/// How often a paused WebSocket session with unread bytes waiting looks for a hang-up.
+const HANGUP_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether the peer of `tcp` has hung up, without reading; arranges for `cx` to be woken to
+/// look again (by the socket, or by `recheck` while unread bytes keep its readiness set).
+fn hung_up_now(
+    tcp: &tokio::net::TcpStream,
+    recheck: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> bool {
+    match tcp.poll_read_ready(cx) {
+        Poll::Pending => return false,
+        Poll::Ready(Err(_)) => return true,
+        Poll::Ready(Ok(())) => {}
+    }
+    // Readable: bytes are waiting, or the peer has gone. The readiness is set, so its flags
+    // are at hand at once.
+    let mut flags = std::pin::pin!(tcp.ready(tokio::io::Interest::READABLE));
+    match flags.as_mut().poll(cx) {
+        Poll::Ready(Ok(r)) if r.is_read_closed() || r.is_error() => return true,
+        Poll::Ready(Err(_)) => return true,
+        _ => {}
+    }
+    loop {
+        let timer = recheck.get_or_insert_with(|| Box::pin(tokio::time::sleep(HANGUP_CHECK)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        *recheck = None;
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(gate) = this.gate.as_mut() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let room = match gate.gauge.mem().poll_room(cx) {
+            Poll::Ready(room) => {
+                gate.recheck = None;
+                room
+            }
+            Poll::Pending => {
+                if let Some(tcp) = this.io.tcp() {
+                    if hung_up_now(tcp, &mut gate.recheck, cx) {
+                        gate.gauge.peer_gone();
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "the peer hung up while the session was paused",
+                        )));
+                    }
+                }
+                return Poll::Pending;
+            }
+        };
+        let limit = room.min(buf.remaining());
+        let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut part))?;
+        let n = part.filled().len();
+        buf.advance(n);
+        gate.gauge.mem().charge(n);
+        gate.unclaimed.fetch_add(n, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Starts counting what the WebSocket under a session reads against the session's budget;
+/// returns the count of bytes read that no message has claimed yet, for [`ws_reader`].
+pub(crate) fn meter<O: Send + 'static>(ws: &mut Ws, session: &Session<O>) -> Arc<AtomicUsize> {
+    ws.get_mut().meter(session.gauge())
+}
 
 fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> Error {
     Error::WebSocket(Box::new(e))
@@ -40,6 +192,7 @@ pub(crate) fn ws_config(cfg: &SessionConfig) -> WebSocketConfig {
 
 /// The server side of the upgrade: only `path` is accepted; anything else gets 404.
 pub(crate) async fn accept(stream: Stream, path: &str, cfg: &SessionConfig) -> Result<Ws, Error> {
+    let stream = Metered::new(stream);
     let path = path.to_string();
     // The callback's signature is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -62,6 +215,7 @@ pub(crate) async fn accept(stream: Stream, path: &str, cfg: &SessionConfig) -> R
 
 /// The client side of the upgrade.
 pub(crate) async fn connect(stream: Stream, url: &str, cfg: &SessionConfig) -> Result<Ws, Error> {
+    let stream = Metered::new(stream);
     let (ws, _response) =
         tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(cfg)))
             .await
@@ -175,6 +329,7 @@ pub(crate) async fn ws_reader<D, O>(
     session: Session<O>,
     _limits: ReadLimits,
     probe: Option<tokio::net::TcpStream>,
+    unclaimed: Arc<AtomicUsize>,
 ) where
     D: Decoder<Error: Into<crate::error::BoxError> + Send> + Send,
     D::Item: Send,
@@ -190,6 +345,9 @@ pub(crate) async fn ws_reader<D, O>(
             _ = token.cancelled() => return,
             m = stream.next() => m,
         };
+        // What the stream counted while it read this message (or control frame) is held by
+        // the message from here on (and a control frame holds nothing).
+        session.mem().release(unclaimed.swap(0, Ordering::Relaxed));
         let data = match next {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Binary(b))) => b,
