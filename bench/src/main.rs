@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run -p qsocket-bench --release -- echo [--secs S] [--inflight N]
-//! cargo run -p qsocket-bench --release -- idle [--sessions N]
+//! cargo run -p qsocket-bench --release -- idle [--sessions N] [--fresh]
 //! cargo run -p qsocket-bench --release -- rpc  [--secs S]
 //! cargo run -p qsocket-bench --release -- all  [--secs S] [--inflight N] [--sessions N]
 //! cargo run -p qsocket-bench --release -- compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]
@@ -18,7 +18,8 @@
 //!   200 ms counts as lost.
 //! * `idle`: server memory per idle TCP session. A child process (this program, hidden
 //!   subcommand `idle-server`) runs a qsocket TCP echo server; this process opens N plain TCP
-//!   connections to it, does one echo on each, and compares the child's RSS before and after.
+//!   connections to it, does one echo on each (none with `--fresh`: connections that never
+//!   send anything), and compares the child's RSS before and after.
 //! * `rpc [--secs S]`: unary echo calls through the RPC API per transport and codec at 1, 32
 //!   and 256 calls in flight on one connection (see `rpc.rs`).
 //! * `all`: everything below and above (about 10 minutes), as Markdown tables for the README.
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
 fn usage() {
     eprintln!(
         "usage: qsocket-bench echo [--secs S] [--inflight N]\n       \
-         qsocket-bench idle [--sessions N]\n       \
+         qsocket-bench idle [--sessions N] [--fresh]\n       \
          qsocket-bench rpc  [--secs S]\n       \
          qsocket-bench all  [--secs S] [--inflight N] [--sessions N] [--rounds R]   (everything)\n       \
          qsocket-bench compare [--impls A,B,…] [--n 1,32,256] [--secs S] [--rounds R]\n       \
@@ -195,6 +196,8 @@ struct Opts {
     attacks: Option<String>,
     /// `--shared-budget-mib`: passed to the `hostile` server child.
     shared_budget_mib: Option<u64>,
+    /// `--fresh`: `idle` opens connections that never send anything.
+    fresh: bool,
     positional: Vec<String>,
 }
 
@@ -225,6 +228,7 @@ impl Opts {
             calls: None,
             attacks: None,
             shared_budget_mib: None,
+            fresh: false,
             positional: Vec::new(),
         };
         let mut it = args.iter();
@@ -238,6 +242,7 @@ impl Opts {
                 "--secs" => o.secs = value()?.parse()?,
                 "--inflight" => o.inflight = value()?.parse()?,
                 "--sessions" => o.sessions = value()?.parse()?,
+                "--fresh" => o.fresh = true,
                 "--rounds" => o.rounds = value()?.parse()?,
                 "--n" => {
                     o.ns = Some(
@@ -491,6 +496,8 @@ struct IdleResult {
     sessions: usize,
     before_kib: u64,
     after_kib: u64,
+    /// The connections never sent anything.
+    fresh: bool,
 }
 
 impl IdleResult {
@@ -500,7 +507,12 @@ impl IdleResult {
 
     fn line(&self) -> String {
         format!(
-            "idle TCP sessions: {} → server RSS {} KiB → {} KiB: {:.2} KiB per session",
+            "idle TCP sessions ({}): {} → server RSS {} KiB → {} KiB: {:.2} KiB per session",
+            if self.fresh {
+                "never used"
+            } else {
+                "after one echo"
+            },
             self.sessions,
             self.before_kib,
             self.after_kib,
@@ -625,8 +637,12 @@ impl Drop for IdleChild {
 }
 
 /// Opens one connection and does one echo on it, so the server session is fully set up.
-async fn open_one(port: u16) -> Result<TcpStream, Error> {
+/// A connection to the idle server; unless `fresh`, after one echo on it.
+async fn open_one(port: u16, fresh: bool) -> Result<TcpStream, Error> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    if fresh {
+        return Ok(s);
+    }
     let mut frame = BytesMut::with_capacity(4 + PAYLOAD);
     frame.put_u32(PAYLOAD as u32);
     frame.put_bytes(b'x', PAYLOAD);
@@ -663,7 +679,7 @@ fn cmd_idle(opts: &Opts) -> Result<IdleResult, Error> {
             for _ in 0..batch {
                 set.spawn(tokio::time::timeout(
                     Duration::from_secs(10),
-                    open_one(port),
+                    open_one(port, opts.fresh),
                 ));
             }
             while let Some(r) = set.join_next().await {
@@ -692,6 +708,7 @@ fn cmd_idle(opts: &Opts) -> Result<IdleResult, Error> {
         sessions: n,
         before_kib: before,
         after_kib: after,
+        fresh: opts.fresh,
     };
     Ok(r)
 }
