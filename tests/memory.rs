@@ -635,3 +635,30 @@ async fn websocket_messages_still_arriving_count_against_the_budgets() {
     }
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_message_that_stalls_hits_the_read_timeout() {
+    let events = Events::default();
+    let server = Server::builder(codec(), echo_factory(&events))
+        .bind("ws://127.0.0.1:0/ws")
+        .read_timeout(Duration::from_millis(300))
+        .start()
+        .await
+        .expect("server");
+    let addr = server.local_addr(Transport::Ws).expect("ws");
+    let mut s = ws_raw(addr, "/ws").await;
+    // A message announcing 1,000 bytes, of which 10 come.
+    let mut f = vec![0x82, 0x80 | 126];
+    f.extend_from_slice(&1000u16.to_be_bytes());
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(&[0; 10]);
+    s.write_all(&f).await.expect("write");
+    assert_eq!(close_code(&mut s).await, 1008, "closed as a timeout");
+    events
+        .wait_until("the session reports the read timeout", |e| {
+            e.iter()
+                .any(|e| matches!(e, Ev::Error(_, m) if m.contains("read timed out")))
+        })
+        .await;
+    server.shutdown(Duration::from_secs(5)).await;
+}

@@ -26,6 +26,8 @@
 //! * `ws-slow-reader` (echo, WebSocket): 8 clients send 1 MiB binary messages (each one
 //!   length-delimited frame) and never read, for up to 10 s or 2 GiB. The WebSocket client is
 //!   written by hand here (upgrade request, masked binary frames) so every byte is counted.
+//! * `ws-near-complete-200` (echo, WebSocket): 200 connections each send an 8 MiB binary
+//!   message but its last byte; held open for 5 s.
 //!
 //! "sent" counts the bytes the client's kernel accepted (several MiB per connection of it may
 //! still sit in the socket buffers of either side). The notes also give the child's RSS when
@@ -113,10 +115,11 @@ enum Attack {
     NearComplete200,
     ParkedRpc,
     WsSlowReader,
+    WsNearComplete200,
 }
 
 impl Attack {
-    const ALL: [Attack; 8] = [
+    const ALL: [Attack; 9] = [
         Attack::SlowReader1m,
         Attack::SlowReaderMax,
         Attack::SlowReaderRpc,
@@ -125,6 +128,7 @@ impl Attack {
         Attack::NearComplete200,
         Attack::ParkedRpc,
         Attack::WsSlowReader,
+        Attack::WsNearComplete200,
     ];
 
     fn name(self) -> &'static str {
@@ -137,6 +141,7 @@ impl Attack {
             Attack::NearComplete200 => "near-complete-200",
             Attack::ParkedRpc => "parked-rpc",
             Attack::WsSlowReader => "ws-slow-reader",
+            Attack::WsNearComplete200 => "ws-near-complete-200",
         }
     }
 
@@ -159,7 +164,7 @@ impl Attack {
 
     /// The server column: server kind and transport.
     fn label(self) -> String {
-        let transport = if self == Attack::WsSlowReader {
+        let transport = if matches!(self, Attack::WsSlowReader | Attack::WsNearComplete200) {
             "ws"
         } else {
             "tcp"
@@ -581,7 +586,25 @@ async fn run_attack(
             let header = rpc_request(1, 0, "Echo", max_body).split_to(HEADER_LEN);
             many_headers(addr, header.freeze(), nofile).await
         }
-        Attack::NearComplete200 => near_complete(addr).await,
+        Attack::NearComplete200 => {
+            let head = Bytes::copy_from_slice(&(ECHO_MAX_FRAME as u32).to_be_bytes());
+            near_complete(addr, None, head, ECHO_MAX_FRAME - 1).await
+        }
+        Attack::WsNearComplete200 => {
+            let url = child
+                .ws
+                .as_deref()
+                .ok_or("the server child has no ws endpoint")?;
+            let (ws_addr, path) = parse_ws_url(url)?;
+            // One binary message of the largest size, all but its last byte (mask key 0, so
+            // the masked payload is the plain one).
+            let mut head = BytesMut::with_capacity(14);
+            head.put_u8(0x82);
+            head.put_u8(0x80 | 127);
+            head.put_u64(ECHO_MAX_FRAME as u64);
+            head.put_slice(&[0; 4]);
+            near_complete(ws_addr, Some(path), head.freeze(), ECHO_MAX_FRAME - 1).await
+        }
         Attack::ParkedRpc => parked_rpc(addr, child.pid(), idle_fds).await,
         Attack::WsSlowReader => {
             let url = child
@@ -940,18 +963,26 @@ async fn many_headers(
     Ok(out)
 }
 
-/// `near-complete-200`: [`NEAR_CONNS`] connections each send an 8 MiB frame but its last byte,
-/// then are held open for [`HOLD`].
-async fn near_complete(addr: SocketAddr) -> Result<Outcome, Error> {
-    let head = Bytes::copy_from_slice(&(ECHO_MAX_FRAME as u32).to_be_bytes());
-    let body = Bytes::from(vec![b'x'; ECHO_MAX_FRAME - 1]);
+/// `near-complete-200`, `ws-near-complete-200`: [`NEAR_CONNS`] connections (WebSocket ones
+/// when `ws_path` is given) each send `head` and `body_len` bytes of body — an 8 MiB frame or
+/// message but its last byte — then are held open for [`HOLD`].
+async fn near_complete(
+    addr: SocketAddr,
+    ws_path: Option<String>,
+    head: Bytes,
+    body_len: usize,
+) -> Result<Outcome, Error> {
+    let body = Bytes::from(vec![b'x'; body_len]);
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + NEAR_SEND_LIMIT;
     let mut handles = Vec::new();
     for _ in 0..NEAR_CONNS {
-        let (head, body) = (head.clone(), body.clone());
+        let (head, body, ws_path) = (head.clone(), body.clone(), ws_path.clone());
         handles.push(tokio::spawn(async move {
             let mut s = connect(addr).await?;
+            if let Some(path) = &ws_path {
+                ws_handshake(&mut s, addr, path).await?;
+            }
             let mut sent = 0u64;
             let mut end = "complete".to_string();
             for part in [&head, &body] {

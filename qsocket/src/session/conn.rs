@@ -84,7 +84,7 @@ where
                 cfg,
             );
             let mut ws = ws;
-            let unclaimed = super::ws::meter(&mut ws, &session);
+            let unclaimed = super::ws::meter(&mut ws, &session, cfg.read_timeout);
             let probe = ws.get_ref().tcp().and_then(super::io::probe_of);
             let (sink, stream) = (*ws).split();
             let limits = ReadLimits::from(cfg);

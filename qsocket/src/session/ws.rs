@@ -42,6 +42,36 @@ struct Gate {
     unclaimed: Arc<AtomicUsize>,
     /// While paused with unread bytes waiting: when to look for a hang-up again.
     recheck: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A message (or control frame) still arriving must arrive whole within this.
+    read_timeout: Option<std::time::Duration>,
+    /// When the part of a message read so far started arriving, and the timer at its limit.
+    partial: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Gate {
+    /// Whether the message being received has taken longer than the read timeout; arranges to
+    /// be woken when it would.
+    fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.unclaimed.load(Ordering::Relaxed) == 0 {
+            self.partial = None;
+            return false;
+        }
+        let Some(limit) = self.read_timeout else {
+            return false;
+        };
+        let timer = self
+            .partial
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The error a WebSocket message that arrives too slowly ends its session with.
+fn read_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "a message did not arrive whole within the read timeout",
+    )
 }
 
 impl Metered {
@@ -56,12 +86,18 @@ impl Metered {
 
     /// Starts counting what is read against `gauge`; returns the count of bytes read that no
     /// message has claimed yet.
-    fn meter(&mut self, gauge: Gauge) -> Arc<AtomicUsize> {
+    fn meter(
+        &mut self,
+        gauge: Gauge,
+        read_timeout: Option<std::time::Duration>,
+    ) -> Arc<AtomicUsize> {
         let unclaimed = Arc::new(AtomicUsize::new(0));
         self.gate = Some(Gate {
             gauge,
             unclaimed: unclaimed.clone(),
             recheck: None,
+            read_timeout,
+            partial: None,
         });
         unclaimed
     }
@@ -109,6 +145,10 @@ impl AsyncRead for Metered {
         let Some(gate) = this.gate.as_mut() else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
+        if gate.unclaimed.load(Ordering::Relaxed) == 0 {
+            // Everything read so far has been claimed: no message is on its way.
+            gate.partial = None;
+        }
         let room = match gate.gauge.mem().poll_room(cx) {
             Poll::Ready(room) => {
                 gate.recheck = None;
@@ -124,12 +164,23 @@ impl AsyncRead for Metered {
                         )));
                     }
                 }
+                if gate.overdue(cx) {
+                    return Poll::Ready(Err(read_timed_out()));
+                }
                 return Poll::Pending;
             }
         };
         let limit = room.min(buf.remaining());
         let mut part = ReadBuf::new(buf.initialize_unfilled_to(limit));
-        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut part))?;
+        if Pin::new(&mut this.io)
+            .poll_read(cx, &mut part)?
+            .is_pending()
+        {
+            if gate.overdue(cx) {
+                return Poll::Ready(Err(read_timed_out()));
+            }
+            return Poll::Pending;
+        }
         let n = part.filled().len();
         buf.advance(n);
         gate.gauge.mem().charge(n);
@@ -170,8 +221,12 @@ impl AsyncWrite for Metered {
 
 /// Starts counting what the WebSocket under a session reads against the session's budget;
 /// returns the count of bytes read that no message has claimed yet, for [`ws_reader`].
-pub(crate) fn meter<O: Send + 'static>(ws: &mut Ws, session: &Session<O>) -> Arc<AtomicUsize> {
-    ws.get_mut().meter(session.gauge())
+pub(crate) fn meter<O: Send + 'static>(
+    ws: &mut Ws,
+    session: &Session<O>,
+    read_timeout: Option<std::time::Duration>,
+) -> Arc<AtomicUsize> {
+    ws.get_mut().meter(session.gauge(), read_timeout)
 }
 
 fn ws_err(e: tokio_tungstenite::tungstenite::Error) -> Error {
@@ -327,7 +382,7 @@ pub(crate) async fn ws_reader<D, O>(
     mut codec: D,
     tx: queue::Sender<Inbound<D::Item>>,
     session: Session<O>,
-    _limits: ReadLimits,
+    limits: ReadLimits,
     probe: Option<tokio::net::TcpStream>,
     unclaimed: Arc<AtomicUsize>,
 ) where
@@ -356,6 +411,13 @@ pub(crate) async fn ws_reader<D, O>(
                 // Ping (answered by tungstenite), pong, raw frame: proof of life only.
                 session.stats_ref().touch();
                 continue;
+            }
+            Some(Err(tokio_tungstenite::tungstenite::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                let t = limits.read_timeout.unwrap_or_default();
+                let _ = tx.send(Inbound::Err(Error::ReadTimeout(t))).await;
+                return;
             }
             Some(Err(e)) => {
                 let _ = tx.send(Inbound::Err(ws_err(e))).await;
