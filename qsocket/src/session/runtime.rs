@@ -903,13 +903,15 @@ where
                 self.listener.on_message(&mut ctx, m).await;
                 done += ctx.unretained();
                 if self.out.buf.len() >= FLUSH_BYTES {
-                    self.session.mem().release(std::mem::take(&mut done));
+                    // The handled messages' bytes are given back once their answers are
+                    // written, or counted as output waiting for the peer: never both let go,
+                    // so the budget bounds the two together.
                     if !self.flush().await {
                         return;
                     }
+                    self.session.mem().release(std::mem::take(&mut done));
                 }
             }
-            self.session.mem().release(done);
 
             // Gather what else is queued for sending, then write it all at once.
             for _ in 0..BATCH {
@@ -921,7 +923,9 @@ where
             if !self.out.errors.is_empty() {
                 Box::pin(self.report_encode_errors()).await;
             }
-            if !self.flush().await || self.failure.is_some() || self.session.is_closed() {
+            let written = self.flush().await;
+            self.session.mem().release(done);
+            if !written || self.failure.is_some() || self.session.is_closed() {
                 return;
             }
         }
