@@ -22,7 +22,7 @@
 //!   send anything), and compares the child's RSS before and after.
 //! * `rpc [--secs S]`: unary echo calls through the RPC API per transport and codec at 1, 32
 //!   and 256 calls in flight on one connection (see `rpc.rs`).
-//! * `all`: everything below and above (about 10 minutes), as Markdown tables for the README.
+//! * `all`: everything below and above (about 15 minutes), as Markdown tables for the README.
 //! * `compare`, `compare-idle`: every implementation (qsocket, a hand-written baseline, tarpc,
 //!   tonic) side by side, server and client in separate pinned processes (see `compare.rs`).
 //! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
@@ -30,7 +30,7 @@
 //! * `hostile`: memory attacks (slow readers, header-only and almost complete frames, parked
 //!   RPC calls) against a qsocket server with its default configuration in a child process
 //!   (hidden subcommand `hostile-server`), a fresh one per attack: the child's idle, peak and
-//!   final RSS (see `hostile.rs`). Not part of `all`.
+//!   final RSS (see `hostile.rs`).
 //!
 //! Progress goes to stderr, results to stdout.
 
@@ -760,6 +760,8 @@ fn cmd_all(opts: &Opts) -> Result<(), Error> {
     print!("{}", compare::cmd_compare_idle(&imps, opts.sessions)?);
     println!("\n## costs (syscalls and instructions per call)");
     print!("{}", costs::cmd_costs(&costs::DEFAULT_IMPS, &[1, 32])?);
+    println!("\n## hostile (server memory under attack)");
+    print!("{}", hostile::cmd_hostile(None, None)?);
     Ok(())
 }
 
