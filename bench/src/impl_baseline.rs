@@ -1,6 +1,7 @@
 //! The practical limit: a minimal hand-written tokio request/response over one connection.
 //! Frames are `[u32 len][u64 request id][payload]` (len counts id + payload). Client: a pending
-//! map (id → oneshot) shared by all callers, one reader task, one batching writer task.
+//! map (id → oneshot) shared by all callers, one reader task (8 KiB reserved before each read),
+//! one writer task that drains its queue with `recv_many` into one write.
 //! Server: per connection one reader that answers each frame inline through one batching
 //! writer task.
 
@@ -37,25 +38,32 @@ fn encode(id: u64, payload: &[u8], out: &mut BytesMut) {
     out.put_slice(payload);
 }
 
-/// A writer task: gathers everything queued into one write.
+/// Frames a writer takes off its queue at once.
+const DRAIN: usize = 256;
+
+/// A writer task: drains what is queued (`recv_many`: one lock for the batch) into one write.
 async fn writer(
     mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<BytesMut>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        buf.extend_from_slice(&first);
-        while let Ok(more) = rx.try_recv() {
-            buf.extend_from_slice(&more);
-            if buf.len() >= 64 * 1024 {
-                break;
-            }
+    let mut batch = Vec::with_capacity(DRAIN);
+    while rx.recv_many(&mut batch, DRAIN).await > 0 {
+        for frame in batch.drain(..) {
+            buf.extend_from_slice(&frame);
         }
         if wr.write_all(&buf).await.is_err() {
             return;
         }
         buf.clear();
     }
+}
+
+/// Reads once into `buf`, with 8 KiB of room reserved first (so a read never comes up short
+/// for want of space).
+async fn read_more(rd: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> bool {
+    buf.reserve(8 * 1024);
+    matches!(rd.read_buf(buf).await, Ok(n) if n > 0)
 }
 
 /// Serves the echo on `listener` until the process exits.
@@ -69,9 +77,8 @@ pub async fn serve(listener: TcpListener) -> Result<(), Error> {
             tokio::spawn(writer(wr, rx));
             let mut buf = BytesMut::with_capacity(8 * 1024);
             loop {
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+                if !read_more(&mut rd, &mut buf).await {
+                    return;
                 }
                 frames(&mut buf, |id, payload| {
                     let mut out = BytesMut::with_capacity(12 + payload.len());
@@ -112,9 +119,8 @@ impl Client {
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(8 * 1024);
             loop {
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                if !read_more(&mut rd, &mut buf).await {
+                    break;
                 }
                 frames(&mut buf, |id, payload| {
                     let waiter = reader_inner.pending.lock().expect("lock").remove(&id);
