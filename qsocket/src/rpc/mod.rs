@@ -30,5 +30,5 @@ mod status;
 pub use client::{Call, Endpoints, RpcClient, RpcClientBuilder, RpcClientConfig, StaticEndpoints};
 pub use codec::{Codec, Message};
 pub use context::{current_deadline, CallContext};
-pub use server::{Router, RpcServer, RpcServerBuilder, RpcServerConfig, Service};
+pub use server::{NamedService, Router, RpcServer, RpcServerBuilder, RpcServerConfig, Service};
 pub use status::{Code, Sent, Status};

@@ -212,6 +212,10 @@ type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 pub struct Service {
     name: String,
     methods: FxMap<Box<[u8]>, Arc<dyn Handler>>,
+    /// Method names in the order they were added (for listing).
+    order: Vec<String>,
+    /// Methods added more than once (an error when the server starts).
+    duplicates: Vec<String>,
 }
 
 impl Service {
@@ -220,6 +224,8 @@ impl Service {
         Service {
             name: name.into(),
             methods: FxMap::default(),
+            order: Vec::new(),
+            duplicates: Vec::new(),
         }
     }
 
@@ -242,7 +248,11 @@ impl Service {
             f: handler,
             _types: std::marker::PhantomData,
         });
-        self.methods.insert(method.as_bytes().into(), h);
+        if self.methods.insert(method.as_bytes().into(), h).is_some() {
+            self.duplicates.push(method.to_string());
+        } else {
+            self.order.push(method.to_string());
+        }
         self
     }
 
@@ -277,12 +287,28 @@ impl Service {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The names of its methods, in the order they were added.
+    pub fn methods(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(String::as_str)
+    }
+}
+
+/// A type that serves one named RPC service (generated servers implement it, so a registry can
+/// publish what a server offers).
+pub trait NamedService {
+    /// The service's full name, e.g. `"greeter.Greeter"`.
+    const NAME: &'static str;
 }
 
 /// The services a server offers, by name.
 #[derive(Default)]
 pub struct Router {
     services: FxMap<Box<[u8]>, Service>,
+    /// Service names in the order they were added (for listing).
+    order: Vec<String>,
+    /// Services added more than once (an error when the server starts).
+    duplicates: Vec<String>,
 }
 
 impl Router {
@@ -291,11 +317,43 @@ impl Router {
         Router::default()
     }
 
-    /// Adds (or replaces) a service.
+    /// Adds a service. A name already added — or a method added twice to one service — is a
+    /// mistake: [`RpcServerBuilder::start`] refuses it with [`Error::Config`] naming it (see
+    /// also [`check`](Self::check)); nothing is silently replaced.
     pub fn add_service(mut self, service: Service) -> Self {
-        self.services
-            .insert(service.name.as_bytes().into(), service);
+        let name = service.name.clone();
+        match self.services.entry(name.as_bytes().into()) {
+            std::collections::hash_map::Entry::Occupied(_) => self.duplicates.push(name),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(service);
+                self.order.push(name);
+            }
+        }
         self
+    }
+
+    /// The services, in the order they were added (each lists its methods).
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.order
+            .iter()
+            .filter_map(|n| self.services.get(n.as_bytes()))
+    }
+
+    /// Whether the router is well formed: no service name, and no method of a service, added
+    /// twice.
+    pub fn check(&self) -> Result<(), Error> {
+        if let Some(name) = self.duplicates.first() {
+            return Err(Error::Config(format!("service {name:?} is added twice")));
+        }
+        for svc in self.services() {
+            if let Some(m) = svc.duplicates.first() {
+                return Err(Error::Config(format!(
+                    "method {m:?} of service {:?} is added twice",
+                    svc.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn find(&self, service: &[u8], method: &[u8]) -> Result<&Arc<dyn Handler>, Status> {
@@ -429,6 +487,7 @@ impl RpcServerBuilder {
         if self.cfg.max_in_flight == 0 || self.cfg.udp_max_in_flight == 0 {
             return Err(Error::Config("in-flight limits must be at least 1".into()));
         }
+        self.router.check()?;
         let mut session_cfg = self.cfg.session.clone();
         session_cfg.max_frame_len = session_cfg.max_frame_len.max(self.cfg.limits.max_frame());
         session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.max_frame_len);
@@ -780,6 +839,31 @@ impl EventListener for RpcServerListener {
 mod tests {
     use super::*;
     use crate::rpc::Code;
+
+    #[test]
+    fn services_are_listed_and_names_added_twice_are_refused() {
+        let echo = |x: i32, _| async move { Ok(x) };
+        let r = Router::new()
+            .add_service(Service::new("a.A").unary("M", echo).unary("N", echo))
+            .add_service(Service::new("b.B").unary("O", echo));
+        assert!(r.check().is_ok());
+        let listed: Vec<(&str, Vec<&str>)> = r
+            .services()
+            .map(|s| (s.name(), s.methods().collect()))
+            .collect();
+        assert_eq!(listed, vec![("a.A", vec!["M", "N"]), ("b.B", vec!["O"])]);
+        let twice = Router::new()
+            .add_service(Service::new("a.A").unary("M", echo))
+            .add_service(Service::new("a.A").unary("N", echo));
+        let e = twice.check().expect_err("duplicate service");
+        assert!(e.to_string().contains("\"a.A\" is added twice"), "{e}");
+        assert!(twice.find(b"a.A", b"M").is_ok(), "the first one is kept");
+        let e = Router::new()
+            .add_service(Service::new("a.A").unary("M", echo).unary("M", echo))
+            .check()
+            .expect_err("duplicate method");
+        assert!(e.to_string().contains("method \"M\""), "{e}");
+    }
 
     #[test]
     fn unknown_service_and_method_are_named() {
