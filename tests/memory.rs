@@ -565,7 +565,7 @@ async fn websocket_messages_still_arriving_count_against_the_budgets() {
     let (ev, ss) = (events.clone(), sessions.clone());
     let cfg = SessionConfig {
         session_budget: 2 * MIB,
-        max_frame_len: 2 * MIB,
+        max_frame_len: 2 * MIB - 64 * 1024,
         ..SessionConfig::default()
     };
     let server = Server::builder(codec(), move || Keeper {
@@ -584,7 +584,7 @@ async fn websocket_messages_still_arriving_count_against_the_budgets() {
     let addr = server.local_addr(Transport::Ws).expect("ws");
     // Two peers each send all but the last byte of a message of almost 2 MiB: together more
     // than the shared budget, which the server's WebSocket layer would otherwise gather unseen.
-    let len = 2 * MIB - 16;
+    let len = 2 * MIB - 64 * 1024;
     let mut writers = Vec::new();
     let sent = Arc::new(AtomicU64::new(0));
     for _ in 0..2 {
@@ -618,6 +618,11 @@ async fn websocket_messages_still_arriving_count_against_the_budgets() {
     })
     .await;
     stalled(&sent).await;
+    eventually("the partial messages are counted", || {
+        let s = sessions.lock().expect("sessions");
+        s.iter().map(Session::buffered_bytes).sum::<usize>() >= MIB
+    })
+    .await;
     let held: Vec<usize> = sessions
         .lock()
         .expect("sessions")
@@ -660,5 +665,77 @@ async fn a_websocket_message_that_stalls_hits_the_read_timeout() {
                 .any(|e| matches!(e, Ev::Error(_, m) if m.contains("read timed out")))
         })
         .await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A listener that takes messages only while `open` is set (checked again at each cron tick).
+struct Gated {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    events: Events,
+}
+
+impl EventListener for Gated {
+    type In = BytesMut;
+    type Out = Bytes;
+
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, msg: BytesMut) {
+        self.events.push(Ev::Msg(ctx.session().id(), Bytes::new()));
+        drop(msg);
+    }
+    async fn on_error(&mut self, session: &Session<Bytes>, err: &qsocket::Error) {
+        self.events.push(Ev::Error(session.id(), err.to_string()));
+    }
+    fn accepts_messages(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_paused_by_its_own_listener_is_not_cut_by_the_read_timeout() {
+    let events = Events::default();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ev, op) = (events.clone(), open.clone());
+    let cfg = SessionConfig {
+        session_budget: 256 * 1024,
+        max_frame_len: 64 * 1024,
+        read_timeout: Some(Duration::from_millis(200)),
+        cron_period: Some(Duration::from_millis(20)),
+        ..SessionConfig::default()
+    };
+    let server = Server::builder(codec(), move || Gated {
+        open: op.clone(),
+        events: ev.clone(),
+    })
+    .bind("tcp://127.0.0.1:0")
+    .config(cfg)
+    .start()
+    .await
+    .expect("server");
+    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // 1 MiB in 5,000-byte frames: the session reads its 256 KiB budget (mid-frame, most
+    // likely) and waits for its listener.
+    let frame = big_frame(5000);
+    let writer = tokio::spawn(async move {
+        for _ in 0..200 {
+            s.write_all(&frame).await.expect("write");
+        }
+        s
+    });
+    // Paused by its own listener for several read timeouts.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    open.store(true, Ordering::SeqCst);
+    events
+        .wait_until("every frame handled", |e| {
+            e.iter().filter(|e| matches!(e, Ev::Msg(..))).count() == 200
+        })
+        .await;
+    assert_eq!(
+        events.count(|e| matches!(e, Ev::Error(..))),
+        0,
+        "{:?}",
+        events.snapshot()
+    );
+    drop(writer.await.expect("writer"));
     server.shutdown(Duration::from_secs(5)).await;
 }

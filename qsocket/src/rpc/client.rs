@@ -740,7 +740,7 @@ async fn sync_endpoints(
         session_cfg.cron_period = Some(cfg.heartbeat);
         session_cfg.session_timeout = Some(cfg.heartbeat.saturating_mul(3));
         session_cfg.max_frame_len = session_cfg.max_frame_len.max(cfg.limits.max_frame());
-        session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.max_frame_len);
+        session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.min_budget());
         let b = Client::builder(&ep.to_string(), codec, factory)
             .sessions(cfg.sessions_per_endpoint)
             .config(session_cfg);

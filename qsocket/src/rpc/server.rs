@@ -490,7 +490,7 @@ impl RpcServerBuilder {
         self.router.check()?;
         let mut session_cfg = self.cfg.session.clone();
         session_cfg.max_frame_len = session_cfg.max_frame_len.max(self.cfg.limits.max_frame());
-        session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.max_frame_len);
+        session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.min_budget());
         let shared = Arc::new(Shared {
             router: self.router,
             cfg: self.cfg,

@@ -13,13 +13,15 @@
 //! [`Ctx::retain`]: super::Ctx::retain
 
 use futures_util::task::AtomicWaker;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// A server's shared budget: bytes its sessions hold beyond their allowances.
 pub(crate) struct Pool {
-    used: AtomicUsize,
+    /// Signed: a session's release can reach it just before the matching charge of another
+    /// thread's update of the same gauge; reads clamp at 0.
+    used: AtomicIsize,
     max: usize,
     /// Readers waiting for room.
     waiters: Mutex<Vec<Waker>>,
@@ -30,7 +32,7 @@ pub(crate) struct Pool {
 impl Pool {
     pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Pool {
-            used: AtomicUsize::new(0),
+            used: AtomicIsize::new(0),
             max,
             waiters: Mutex::new(Vec::new()),
             waiting: AtomicBool::new(false),
@@ -39,15 +41,17 @@ impl Pool {
 
     /// Bytes drawn now.
     pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        usize::try_from(self.used.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     fn add(&self, n: usize) {
-        self.used.fetch_add(n, Ordering::AcqRel);
+        self.used
+            .fetch_add(isize::try_from(n).unwrap_or(isize::MAX), Ordering::AcqRel);
     }
 
     fn sub(&self, n: usize) {
-        self.used.fetch_sub(n, Ordering::SeqCst);
+        self.used
+            .fetch_sub(isize::try_from(n).unwrap_or(isize::MAX), Ordering::SeqCst);
         if self.waiting.load(Ordering::SeqCst) {
             let waiters = {
                 let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,7 +65,8 @@ impl Pool {
     }
 
     fn free(&self) -> usize {
-        self.max.saturating_sub(self.used.load(Ordering::SeqCst))
+        let used = usize::try_from(self.used.load(Ordering::SeqCst)).unwrap_or(0);
+        self.max.saturating_sub(used)
     }
 
     fn register(&self, waker: &Waker) {
@@ -130,7 +135,7 @@ impl Mem {
         }
         let prev = self
             .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| {
                 Some(h.saturating_sub(n))
             })
             .unwrap_or_else(|h| h);
@@ -163,6 +168,15 @@ impl Mem {
             None => room,
             Some(p) => room.min(self.allowance.saturating_sub(held).saturating_add(p.free())),
         }
+    }
+
+    /// Whether what stops the reader is the server's shared budget (spent by all sessions)
+    /// rather than this session's own: its peer then waits for others, not for its listener.
+    pub(crate) fn pool_bound(&self) -> bool {
+        let held = self.held.load(Ordering::SeqCst);
+        held < self.limit
+            && held >= self.allowance
+            && self.pool.as_ref().is_some_and(|p| p.free() == 0)
     }
 
     /// The room the reader has, waiting (without reading) until there is some.

@@ -40,7 +40,7 @@ pub struct SessionConfig {
     /// decoded frames waiting for the listener, frames the listener keeps while it works on
     /// them, and output waiting for a slow peer. At the budget the session stops reading
     /// (backpressure) until the listener and the writer catch up. Must be at least
-    /// `max_frame_len`. Default 16 MiB.
+    /// `max_frame_len` + 64 KiB (a largest frame, its framing and one read). Default 16 MiB.
     pub session_budget: usize,
     /// Bytes each session may hold without drawing on its server's shared budget (see
     /// [`ServerBuilder::shared_budget`](super::ServerBuilder::shared_budget)): while that is
@@ -73,6 +73,12 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
+    /// The least budget that lets a largest frame arrive whole: the frame, its framing (a
+    /// length prefix, WebSocket headers) and one read's room.
+    pub(crate) fn min_budget(&self) -> usize {
+        self.max_frame_len.saturating_add(64 * 1024)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         let bad = |what: &str| Err(crate::Error::Config(what.to_string()));
         if self.send_queue == 0 || self.recv_queue == 0 {
@@ -81,9 +87,9 @@ impl SessionConfig {
         if self.max_frame_len == 0 {
             return bad("max_frame_len must be at least 1");
         }
-        if self.session_budget < self.max_frame_len {
+        if self.session_budget < self.min_budget() {
             return Err(crate::Error::Config(format!(
-                "session_budget ({}) must be at least max_frame_len ({}): a largest frame could never arrive whole",
+                "session_budget ({}) must be at least max_frame_len ({}) + 64 KiB: a largest frame (with its framing) could never arrive whole",
                 self.session_budget, self.max_frame_len
             )));
         }

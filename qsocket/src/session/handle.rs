@@ -313,8 +313,10 @@ impl<O> Session<O> {
 
     /// Bytes the session holds on its peer's behalf now: the partial frame being read, decoded
     /// frames not yet handled, frames the listener keeps while working on them, and output a
-    /// slow peer has not taken yet. Bounded by
-    /// [`SessionConfig::session_budget`](super::SessionConfig::session_budget).
+    /// slow peer has not taken yet. The session stops reading once this reaches
+    /// [`SessionConfig::session_budget`](super::SessionConfig::session_budget); answers
+    /// being written to a slow peer can take it past the budget by one write (their requests
+    /// stay counted until they are written).
     pub fn buffered_bytes(&self) -> usize {
         self.inner.mem.held()
     }

@@ -292,10 +292,17 @@ where
                 },
             };
             let Some(result) = result else {
-                // No room in the budget: wait (boxed: rare) without reading, within the
-                // partial frame's read timeout.
+                // No room in the budget: wait (boxed: rare) without reading. While the shared
+                // budget is what is spent, the partial frame's read timeout runs on (peers
+                // that stall mid-frame must not keep it spent); while the session's own budget
+                // is (its listener or writer is behind), the peer is not at fault: its frame's
+                // clock starts again once reading resumes.
+                let pool_bound = mem.pool_bound();
+                if !pool_bound {
+                    partial_since = None;
+                }
                 let wait = wait_for_budget(&session, src.probe());
-                let waited = match deadline {
+                let waited = match deadline.filter(|_| pool_bound) {
                     None => Box::pin(wait).await,
                     Some((t, at)) => match Box::pin(tokio::time::timeout_at(at.into(), wait)).await
                     {
@@ -308,6 +315,9 @@ where
                 };
                 if !waited {
                     return;
+                }
+                if !pool_bound {
+                    partial_since = None;
                 }
                 continue;
             };
@@ -680,6 +690,7 @@ where
             tracing::debug!(session = h.session.id(), peer = %h.session.peer_addr(), error = %e, "session refused");
             h.session.close();
             drop(reader);
+            h.session.mem().release_all();
             Box::pin(h.sink.shutdown(None)).await;
             return Err(e);
         }
@@ -879,8 +890,8 @@ where
 
             // Handle the batch of decoded messages that is ready, encoding replies as they come.
             let mut handled = 0;
-            // Budget bytes of handled messages, given back once per batch (and before a write
-            // that may wait).
+            // Budget bytes of handled messages, given back once per batch, after the batch's
+            // answers are written (or counted as output waiting for the peer).
             let mut done = 0;
             while handled < BATCH {
                 let msg = match first.take() {

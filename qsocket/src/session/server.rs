@@ -230,7 +230,8 @@ where
     /// waiting to be handled or kept by listeners, output waiting for slow peers). While it is
     /// spent, sessions past their allowance stop reading — their large frames wait — and
     /// sessions within it keep reading. Must be at least the largest frame
-    /// ([`max_frame_len`](Self::max_frame_len)). Default 256 MiB ([`DEFAULT_SHARED_BUDGET`]).
+    /// ([`max_frame_len`](Self::max_frame_len)) + 64 KiB. Default 256 MiB
+    /// ([`DEFAULT_SHARED_BUDGET`]).
     ///
     /// With the defaults, 10,000 sessions hold at most this plus 10,000 × (16 KiB allowance +
     /// about 4 KiB of session state), plus read and write buffers of sessions busy at that
@@ -271,9 +272,9 @@ where
         if self.binds.is_empty() {
             return Err(Error::Config("no address to bind: call bind(url)".into()));
         }
-        if self.shared_budget < self.cfg.max_frame_len {
+        if self.shared_budget < self.cfg.min_budget() {
             return Err(Error::Config(format!(
-                "shared_budget ({}) must be at least max_frame_len ({}): a largest frame could never arrive whole",
+                "shared_budget ({}) must be at least max_frame_len ({}) + 64 KiB: a largest frame could never arrive whole",
                 self.shared_budget, self.cfg.max_frame_len
             )));
         }
@@ -554,8 +555,9 @@ fn evict_one<I, O, C>(
             .is_some_and(|p| p.session.id() == id && p.datagrams == 1)
         {
             if let Some(p) = peers.remove(&addr) {
-                tracing::debug!(%addr, "udp session limit reached, closing the oldest session on probation");
-                p.session.close();
+                tracing::debug!(%addr, "udp session limit reached, ending the oldest session on probation");
+                // At once (no graceful drain), so its place is free while it is counted free.
+                p.session.peer_gone();
             }
             return true;
         }

@@ -130,7 +130,7 @@ where
             Ok(None) => break,
             Err(e) => return (frames, dropped, Some(Error::Decode(e.into()))),
         };
-        let len = before - buf.len();
+        let len = before.saturating_sub(buf.len());
         mem.charge(len);
         match tx.try_send(Inbound::Msg(item, read_at, len)) {
             Ok(()) => frames += 1,

@@ -164,7 +164,11 @@ impl AsyncRead for Metered {
                         )));
                     }
                 }
-                if gate.overdue(cx) {
+                // As for streams: the message's clock runs on while the shared budget is what
+                // is spent, and starts again when the session's own budget is.
+                if !gate.gauge.mem().pool_bound() {
+                    gate.partial = None;
+                } else if gate.overdue(cx) {
                     return Poll::Ready(Err(read_timed_out()));
                 }
                 return Poll::Pending;
