@@ -289,16 +289,19 @@ async fn the_shared_budget_makes_large_frames_wait_while_small_traffic_flows() {
             .expect("echo");
         assert_eq!(got, f);
     }
-    // Bounded: the budget, plus one read per session past it and one write in progress each.
-    let total: usize = sessions
+    // Bounded: the shared budget, plus the one frame that may complete past it, the
+    // allowances, and one write in progress each (answers stay counted with their requests
+    // until written).
+    let held: Vec<usize> = sessions
         .lock()
         .expect("sessions")
         .iter()
         .map(Session::buffered_bytes)
-        .sum();
+        .collect();
+    let total: usize = held.iter().sum();
     assert!(
-        total <= 2 * MIB + 4 * (16 * 1024) + 3 * (MIB + 64 * 1024),
-        "{total}"
+        total <= 2 * MIB + (MIB + 4) + 4 * (16 * 1024) + 3 * (MIB + 64 * 1024),
+        "{held:?}"
     );
     drop(hogs);
     server.shutdown(Duration::from_secs(5)).await;
@@ -631,9 +634,13 @@ async fn websocket_messages_still_arriving_count_against_the_budgets() {
         .collect();
     let total: usize = held.iter().sum();
     assert!(total >= MIB, "partial messages are counted: {held:?}");
-    // The shared budget, two allowances, and at most one read past it each.
-    assert!(total <= 2 * MIB + 2 * 16 * 1024 + 2 * 64 * 1024, "{held:?}");
-    assert!(server.shared_budget_used() <= 2 * MIB + 2 * 64 * 1024);
+    // The shared budget, plus the one message that may complete past it, two allowances,
+    // and at most one read past it each.
+    assert!(
+        total <= 2 * MIB + 2 * MIB + 2 * 16 * 1024 + 2 * 64 * 1024,
+        "{held:?}"
+    );
+    assert!(server.shared_budget_used() <= 4 * MIB + 2 * 64 * 1024);
     for (rd, w) in writers {
         w.abort();
         drop(rd);
@@ -737,5 +744,53 @@ async fn a_session_paused_by_its_own_listener_is_not_cut_by_the_read_timeout() {
         events.snapshot()
     );
     drop(writer.await.expect("writer"));
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_beyond_the_shared_budget_complete_in_turn() {
+    let events = Events::default();
+    let cfg = SessionConfig {
+        session_budget: 2 * MIB,
+        max_frame_len: MIB + 4,
+        read_timeout: Some(Duration::from_secs(10)),
+        ..SessionConfig::default()
+    };
+    let server = Server::builder(codec(), echo_factory(&events))
+        .bind("tcp://127.0.0.1:0")
+        .config(cfg)
+        .shared_budget(2 * MIB)
+        .start()
+        .await
+        .expect("server");
+    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    // Six honest clients each send one 1 MiB frame at once: three times the shared budget.
+    // Partial frames holding it between them would wait for one another; one at a time may
+    // complete past it, so every frame gets through, each well within the read timeout.
+    let mut clients = Vec::new();
+    for i in 0..6u8 {
+        clients.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let mut f = big_frame(MIB);
+            f[4] = i;
+            let (mut rd, mut wr) = s.split();
+            let send = async { wr.write_all(&f).await.expect("write") };
+            let mut got = vec![0u8; f.len()];
+            let recv = async { rd.read_exact(&mut got).await.expect("echo") };
+            tokio::join!(send, recv);
+            assert_eq!(got, f);
+        }));
+    }
+    for c in clients {
+        within("every large frame is echoed", c)
+            .await
+            .expect("client");
+    }
+    assert_eq!(
+        events.count(|e| matches!(e, Ev::Error(..))),
+        0,
+        "{:?}",
+        events.snapshot()
+    );
     server.shutdown(Duration::from_secs(5)).await;
 }

@@ -13,7 +13,14 @@
 //! [`Ctx::retain`]: super::Ctx::retain
 
 use futures_util::task::AtomicWaker;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+
+/// How far past its budget a pool may be (reads racing each other) and still give a new
+/// overdraft.
+const OVERDRAFT_SLACK: usize = 128 * 1024;
+
+/// Ids of gauges (for the pool's overdraft).
+static NEXT_GAUGE: AtomicU64 = AtomicU64::new(1);
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -27,6 +34,10 @@ pub(crate) struct Pool {
     waiters: Mutex<Vec<Waker>>,
     /// Whether `waiters` may be non-empty (releases skip the lock otherwise).
     waiting: AtomicBool,
+    /// The one session (its gauge's id; 0: none) whose frame still arriving may grow while
+    /// the budget is spent: partial frames that each hold part of a spent budget would
+    /// otherwise wait for one another forever. One at a time, in turn.
+    overdraft: AtomicU64,
 }
 
 impl Pool {
@@ -36,7 +47,36 @@ impl Pool {
             max,
             waiters: Mutex::new(Vec::new()),
             waiting: AtomicBool::new(false),
+            overdraft: AtomicU64::new(0),
         })
+    }
+
+    /// Takes (or keeps) the overdraft for gauge `id`. A new overdraft is given only once what
+    /// the last one drew beyond the budget has been given back (give or take a couple of
+    /// reads), so at most one frame's worth is ever past it.
+    fn take_overdraft(&self, id: u64) -> bool {
+        let holder = self.overdraft.load(Ordering::Acquire);
+        if holder == id {
+            return true;
+        }
+        let used = usize::try_from(self.used.load(Ordering::SeqCst)).unwrap_or(0);
+        holder == 0
+            && used <= self.max.saturating_add(OVERDRAFT_SLACK)
+            && self
+                .overdraft
+                .compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// Gives the overdraft back (if gauge `id` holds it) and wakes the waiting readers.
+    fn give_overdraft(&self, id: u64) {
+        if self
+            .overdraft
+            .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake_all();
+        }
     }
 
     /// Bytes drawn now.
@@ -52,6 +92,10 @@ impl Pool {
     fn sub(&self, n: usize) {
         self.used
             .fetch_sub(isize::try_from(n).unwrap_or(isize::MAX), Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
         if self.waiting.load(Ordering::SeqCst) {
             let waiters = {
                 let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,6 +133,11 @@ pub(crate) struct Mem {
     paused: AtomicBool,
     /// The peer hung up while the session was not reading.
     gone: AtomicBool,
+    id: u64,
+    /// A frame is part way in (set by the reader).
+    partial: AtomicBool,
+    /// This gauge holds its pool's overdraft.
+    overdrawn: AtomicBool,
 }
 
 impl Mem {
@@ -102,6 +151,27 @@ impl Mem {
             reader: AtomicWaker::new(),
             paused: AtomicBool::new(false),
             gone: AtomicBool::new(false),
+            id: NEXT_GAUGE.fetch_add(1, Ordering::Relaxed),
+            partial: AtomicBool::new(false),
+            overdrawn: AtomicBool::new(false),
+        }
+    }
+
+    /// The reader says whether a frame is part way in. Once none is, an overdraft this
+    /// session held goes to the next session waiting.
+    pub(crate) fn set_partial(&self, partial: bool) {
+        if self.partial.load(Ordering::Relaxed) != partial {
+            self.partial.store(partial, Ordering::SeqCst);
+        }
+        if !partial && self.overdrawn.load(Ordering::Relaxed) {
+            self.end_overdraft();
+        }
+    }
+
+    fn end_overdraft(&self) {
+        self.overdrawn.store(false, Ordering::SeqCst);
+        if let Some(p) = &self.pool {
+            p.give_overdraft(self.id);
         }
     }
 
@@ -146,6 +216,8 @@ impl Mem {
     pub(crate) fn release_all(&self) {
         let prev = self.held.swap(0, Ordering::AcqRel);
         self.released(prev, 0);
+        self.partial.store(false, Ordering::SeqCst);
+        self.end_overdraft();
     }
 
     fn released(&self, prev: usize, now: usize) {
@@ -160,14 +232,29 @@ impl Mem {
         }
     }
 
-    /// How many bytes the reader may take in now (0: none).
+    /// How many bytes the reader may take in now (0: none). Past its allowance a session
+    /// draws on the shared budget; while that is spent, the session whose frame is part way in
+    /// and that holds the pool's overdraft (one at a time) may still complete it, within its
+    /// own budget.
     pub(crate) fn room(&self) -> usize {
         let held = self.held.load(Ordering::SeqCst);
         let room = self.limit.saturating_sub(held);
-        match &self.pool {
-            None => room,
-            Some(p) => room.min(self.allowance.saturating_sub(held).saturating_add(p.free())),
+        let Some(p) = &self.pool else {
+            return room;
+        };
+        if room == 0 && self.overdrawn.load(Ordering::Relaxed) {
+            // Paused by its own budget: it cannot use the overdraft; the next session may.
+            self.end_overdraft();
         }
+        let shared = self.allowance.saturating_sub(held).saturating_add(p.free());
+        if shared > 0 {
+            return room.min(shared);
+        }
+        if room > 0 && self.partial.load(Ordering::SeqCst) && p.take_overdraft(self.id) {
+            self.overdrawn.store(true, Ordering::SeqCst);
+            return room;
+        }
+        0
     }
 
     /// Whether what stops the reader is the server's shared budget (spent by all sessions)
@@ -177,6 +264,7 @@ impl Mem {
         held < self.limit
             && held >= self.allowance
             && self.pool.as_ref().is_some_and(|p| p.free() == 0)
+            && !self.overdrawn.load(Ordering::SeqCst)
     }
 
     /// The room the reader has, waiting (without reading) until there is some.
@@ -224,6 +312,15 @@ impl Drop for Mem {
     }
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("used", &self.used())
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +351,40 @@ mod tests {
         assert_eq!(pool.used(), 40);
         drop(b);
         assert_eq!(pool.used(), 0, "a dropped gauge gives back what it drew");
+    }
+
+    #[test]
+    fn one_partial_frame_at_a_time_may_overdraw_a_spent_pool() {
+        const K: usize = 1 << 20; // well above the overdraft's slack
+        let pool = Pool::new(100 * K);
+        let a = Mem::new(1000 * K, 10 * K, Some(pool.clone()));
+        let b = Mem::new(1000 * K, 10 * K, Some(pool.clone()));
+        a.charge(60 * K);
+        b.charge(60 * K);
+        assert_eq!(pool.used(), 100 * K);
+        assert_eq!(a.room(), 0, "no frame part way in: wait");
+        a.set_partial(true);
+        b.set_partial(true);
+        assert_eq!(a.room(), 940 * K, "a takes the overdraft");
+        assert_eq!(b.room(), 0, "one at a time");
+        a.charge(500 * K);
+        assert_eq!(pool.used(), 600 * K);
+        a.set_partial(false);
+        assert_eq!(
+            b.room(),
+            0,
+            "a's frame is in, but still holds what it overdrew"
+        );
+        a.release(500 * K);
+        assert_eq!(b.room(), 940 * K, "paid back: b's turn");
+        a.release(60 * K);
+        drop(b);
+        assert_eq!(pool.used(), 0);
+        assert_eq!(
+            pool.overdraft.load(Ordering::SeqCst),
+            0,
+            "given back with the gauge"
+        );
     }
 
     #[test]

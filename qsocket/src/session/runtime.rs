@@ -250,6 +250,7 @@ where
             } else if partial_since.is_none() {
                 partial_since = Some(Instant::now());
             }
+            mem.set_partial(!buf.is_empty());
             // Before waiting, an empty buffer is given back unless it is small, or traffic is
             // flowing and it is not large (then the next read needs one again at once).
             let keep = if flowing {
@@ -367,6 +368,10 @@ where
                     .await;
                     // The frames' bytes left the buffer's capacity with them.
                     charged = charged.saturating_sub(moved);
+                    if moved > 0 {
+                        // A frame is in: an overdraft this session held goes round.
+                        mem.set_partial(false);
+                    }
                     if !go_on {
                         return;
                     }

@@ -145,10 +145,12 @@ impl AsyncRead for Metered {
         let Some(gate) = this.gate.as_mut() else {
             return Pin::new(&mut this.io).poll_read(cx, buf);
         };
-        if gate.unclaimed.load(Ordering::Relaxed) == 0 {
+        let partial = gate.unclaimed.load(Ordering::Relaxed) > 0;
+        if !partial {
             // Everything read so far has been claimed: no message is on its way.
             gate.partial = None;
         }
+        gate.gauge.mem().set_partial(partial);
         let room = match gate.gauge.mem().poll_room(cx) {
             Poll::Ready(room) => {
                 gate.recheck = None;
