@@ -198,15 +198,18 @@ pub(crate) async fn wait_for_budget<O>(session: &Session<O>, probe: Option<&TcpS
 /// make every peer that sends only a header hold a largest frame's worth of memory.
 const MAX_SPARE: usize = MAX_READ;
 
-/// Gives back spare room beyond what has arrived plus a read, whatever a decoder reserved.
+/// Gives back spare room beyond what has arrived plus a read (or a quarter of a large partial
+/// frame, the reader's own growth step), whatever a decoder reserved.
 /// The allocation is shrunk in place (no second buffer, no copy where the allocator can
 /// shrink it where it is; glibc also keeps a large block a mapping of its own that way,
 /// instead of freeing it and raising its threshold for mapping large blocks, which would
 /// make later large buffers come from — and stay in — the heap).
 fn trim_spare(buf: &mut BytesMut, want: usize) {
-    if buf.capacity() - buf.len() > MAX_SPARE {
+    // The reader's own growth (a quarter of a large partial frame) is left alone.
+    let keep = want.max(buf.len() / 4);
+    if buf.capacity() - buf.len() > keep.max(MAX_SPARE) {
         let mut v: Vec<u8> = std::mem::take(buf).into();
-        v.shrink_to(v.len() + want);
+        v.shrink_to(v.len() + keep);
         *buf = BytesMut::from(bytes::Bytes::from(v));
     }
 }
