@@ -138,6 +138,8 @@ pub(crate) struct Mem {
     partial: AtomicBool,
     /// This gauge holds its pool's overdraft.
     overdrawn: AtomicBool,
+    /// The session has ended: nothing more is counted (a reader being aborted may still try).
+    ended: AtomicBool,
 }
 
 impl Mem {
@@ -154,6 +156,7 @@ impl Mem {
             id: NEXT_GAUGE.fetch_add(1, Ordering::Relaxed),
             partial: AtomicBool::new(false),
             overdrawn: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -186,7 +189,7 @@ impl Mem {
 
     /// Counts `n` more bytes held.
     pub(crate) fn charge(&self, n: usize) {
-        if n == 0 {
+        if n == 0 || self.ended.load(Ordering::Acquire) {
             return;
         }
         let prev = self.held.fetch_add(n, Ordering::AcqRel);
@@ -212,8 +215,9 @@ impl Mem {
         self.released(prev, prev.saturating_sub(n));
     }
 
-    /// Counts nothing held any more (the session has ended).
+    /// Counts nothing held any more, and nothing from now on (the session has ended).
     pub(crate) fn release_all(&self) {
+        self.ended.store(true, Ordering::Release);
         let prev = self.held.swap(0, Ordering::AcqRel);
         self.released(prev, 0);
         self.partial.store(false, Ordering::SeqCst);

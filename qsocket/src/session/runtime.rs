@@ -301,6 +301,12 @@ where
                 // that stall mid-frame must not keep it spent); while the session's own budget
                 // is (its listener or writer is behind), the peer is not at fault: its frame's
                 // clock starts again once reading resumes.
+                // An empty buffer is not kept while waiting: its room is counted, and a reader
+                // must never wait for room its own buffer takes.
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                    settle(mem, &mut charged, 0);
+                }
                 let pool_bound = mem.pool_bound();
                 if !pool_bound {
                     partial_since = None;
