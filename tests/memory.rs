@@ -795,3 +795,40 @@ async fn large_frames_beyond_the_shared_budget_complete_in_turn() {
     );
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_largest_frame_arrives_whole_with_the_smallest_budget() {
+    let events = Events::default();
+    // The least budget the builders take: the largest frame plus 64 KiB. The reader's buffer
+    // may reach the budget before the frame is in: what it already holds must still fill.
+    let cfg = SessionConfig {
+        max_frame_len: MIB + 4,
+        session_budget: MIB + 4 + 64 * 1024,
+        ..SessionConfig::default()
+    };
+    let server = Server::builder(codec(), echo_factory(&events))
+        .bind("tcp://127.0.0.1:0")
+        .config(cfg)
+        .shared_budget(MIB + 4 + 64 * 1024)
+        .start()
+        .await
+        .expect("server");
+    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let f = big_frame(MIB);
+    let (mut rd, mut wr) = s.split();
+    let send = async {
+        for part in f.chunks(1000) {
+            wr.write_all(part).await.expect("write");
+        }
+    };
+    let mut got = vec![0u8; f.len()];
+    let recv = async {
+        within("the echo", rd.read_exact(&mut got))
+            .await
+            .expect("echo")
+    };
+    tokio::join!(send, recv);
+    assert_eq!(got, f);
+    server.shutdown(Duration::from_secs(5)).await;
+}

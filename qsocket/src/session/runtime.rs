@@ -269,19 +269,23 @@ where
             // The budget's room is looked at when the bytes are there to be read, so many
             // waiting sessions cannot all be let in at once; the buffer grows by no more than
             // the room (a large partial frame by a quarter of itself at a time).
-            let read = poll_fn(|cx| match mem.room() {
-                0 => Poll::Ready(None),
-                room => {
-                    let grow = want.max(buf.len() / 4).min(room);
-                    let r = src.poll_read_into(cx, &mut buf, grow, room);
-                    if r.is_pending() && buf.is_empty() && buf.capacity() > keep {
-                        // Readiness that came to nothing (a new connection's first wake-up
-                        // often does) must not leave a read buffer behind in a waiting session.
-                        buf = BytesMut::new();
-                    }
-                    settle(mem, &mut charged, buf.capacity());
-                    r.map(Some)
+            let read = poll_fn(|cx| {
+                // Room already counted (the buffer's spare capacity) can always be filled; the
+                // buffer grows only within the budget's room.
+                let spare = buf.capacity() - buf.len();
+                let room = mem.room();
+                if room == 0 && spare == 0 {
+                    return Poll::Ready(None);
                 }
+                let grow = want.max(buf.len() / 4).min(room);
+                let r = src.poll_read_into(cx, &mut buf, grow, spare.saturating_add(room));
+                if r.is_pending() && buf.is_empty() && buf.capacity() > keep {
+                    // Readiness that came to nothing (a new connection's first wake-up often
+                    // does) must not leave a read buffer behind in a waiting session.
+                    buf = BytesMut::new();
+                }
+                settle(mem, &mut charged, buf.capacity());
+                r.map(Some)
             });
             let deadline = limits
                 .read_timeout
