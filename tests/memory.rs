@@ -52,29 +52,50 @@ impl EventListener for Keeper {
 
 type Sessions = Arc<Mutex<Vec<Session<Bytes>>>>;
 
-/// A TCP echo server with a 4 MiB session budget and 1 MiB frames.
-async fn budget_server(events: &Events) -> (Server, SocketAddr, Sessions) {
+/// An echo server (keeping a handle on each session) on `url` with session settings `cfg`
+/// and, if given, a shared budget.
+async fn keeper_server(
+    events: &Events,
+    url: &str,
+    cfg: SessionConfig,
+    shared: Option<usize>,
+) -> (Server, SocketAddr, Sessions) {
     let sessions = Sessions::default();
     let (ev, ss) = (events.clone(), sessions.clone());
-    let cfg = SessionConfig {
-        session_budget: 4 * MIB,
-        max_frame_len: MIB + 4,
-        ..SessionConfig::default()
-    };
-    let server = Server::builder(codec(), move || Keeper {
+    let mut b = Server::builder(codec(), move || Keeper {
         inner: Recorder {
             events: ev.clone(),
             echo: true,
         },
         sessions: ss.clone(),
     })
-    .bind("tcp://127.0.0.1:0")
-    .config(cfg)
-    .start()
-    .await
-    .expect("server");
-    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    .bind(url)
+    .config(cfg);
+    if let Some(n) = shared {
+        b = b.shared_budget(n);
+    }
+    let server = b.start().await.expect("server");
+    let transport = if url.starts_with("ws") {
+        Transport::Ws
+    } else {
+        Transport::Tcp
+    };
+    let addr = server.local_addr(transport).expect("address");
     (server, addr, sessions)
+}
+
+/// A TCP echo server with a 4 MiB session budget and 1 MiB frames.
+async fn budget_server(events: &Events) -> (Server, SocketAddr, Sessions) {
+    keeper_server(events, "tcp://127.0.0.1:0", four_mib_budget(), None).await
+}
+
+/// A 4 MiB session budget, 1 MiB frames.
+fn four_mib_budget() -> SessionConfig {
+    SessionConfig {
+        session_budget: 4 * MIB,
+        max_frame_len: MIB + 4,
+        ..SessionConfig::default()
+    }
 }
 
 /// A length-delimited frame of `len` bytes.
@@ -234,27 +255,13 @@ async fn a_fin_while_the_session_is_paused_ends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_budget_makes_large_frames_wait_while_small_traffic_flows() {
     let events = Events::default();
-    let sessions = Sessions::default();
-    let (ev, ss) = (events.clone(), sessions.clone());
-    let cfg = SessionConfig {
-        session_budget: 4 * MIB,
-        max_frame_len: MIB + 4,
-        ..SessionConfig::default()
-    };
-    let server = Server::builder(codec(), move || Keeper {
-        inner: Recorder {
-            events: ev.clone(),
-            echo: true,
-        },
-        sessions: ss.clone(),
-    })
-    .bind("tcp://127.0.0.1:0")
-    .config(cfg)
-    .shared_budget(2 * MIB)
-    .start()
-    .await
-    .expect("server");
-    let addr = server.local_addr(Transport::Tcp).expect("tcp");
+    let (server, addr, sessions) = keeper_server(
+        &events,
+        "tcp://127.0.0.1:0",
+        four_mib_budget(),
+        Some(2 * MIB),
+    )
+    .await;
     // Three never-reading clients push large frames: together they spend the shared budget.
     let mut hogs = Vec::new();
     for _ in 0..3 {
@@ -563,28 +570,14 @@ async fn one_datagram_peers_cannot_lock_new_udp_peers_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_still_arriving_count_against_the_budgets() {
-    let sessions = Sessions::default();
     let events = Events::default();
-    let (ev, ss) = (events.clone(), sessions.clone());
     let cfg = SessionConfig {
         session_budget: 2 * MIB,
         max_frame_len: 2 * MIB - 64 * 1024,
         ..SessionConfig::default()
     };
-    let server = Server::builder(codec(), move || Keeper {
-        inner: Recorder {
-            events: ev.clone(),
-            echo: true,
-        },
-        sessions: ss.clone(),
-    })
-    .bind("ws://127.0.0.1:0/ws")
-    .config(cfg)
-    .shared_budget(2 * MIB)
-    .start()
-    .await
-    .expect("server");
-    let addr = server.local_addr(Transport::Ws).expect("ws");
+    let (server, addr, sessions) =
+        keeper_server(&events, "ws://127.0.0.1:0/ws", cfg, Some(2 * MIB)).await;
     // Two peers each send all but the last byte of a message of almost 2 MiB: together more
     // than the shared budget, which the server's WebSocket layer would otherwise gather unseen.
     let len = 2 * MIB - 64 * 1024;
