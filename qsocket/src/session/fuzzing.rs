@@ -21,8 +21,10 @@
 //! count as 0):
 //!
 //! * options bits 0–1: the session's limits — 0: defaults (frames up to 64 KiB, 16 MiB budget,
-//!   no shared budget); 1: a 64 KiB shared budget beyond a 1 KiB allowance; 2: small (1 KiB
-//!   frames, 2 KiB budget, queues of 2); 3: tiny (64-byte frames, 96-byte budget, queues of 1);
+//!   no shared budget); 1: the smallest budgets `validate()` accepts, shared beyond a 1 KiB
+//!   allowance; 2: small (1 KiB frames, queues of 2, smallest budgets, 256-byte allowance); 3: tiny
+//!   (64-byte frames, queues of 1, smallest budgets, 16-byte allowance). Every profile is a
+//!   configuration the library accepts (checked on each run);
 //! * bit 2: a 16-byte pipe instead of a 64 KiB one (short reads, writes that wait);
 //! * bit 3: (WebSocket) `BytesCodec` instead of `LengthDelimitedCodec`;
 //! * bit 4: the peer reads the session's output slowly;
@@ -100,36 +102,33 @@ impl<'a> Plan<'a> {
             max_frame_len: MAX_FRAME + 4,
             ..SessionConfig::default()
         };
-        // Each keeps the room a session can get (its budget, or its allowance plus the shared
-        // budget) above `max_frame_len`, so a partial frame can always grow until it is whole
-        // or too large.
-        let pool = match self.opts & 3 {
-            0 => None,
-            1 => {
-                cfg.session_budget = 128 * 1024;
-                cfg.session_allowance = 1024;
-                Some(Pool::new(64 * 1024))
-            }
+        // The tight profiles use the smallest session and shared budgets the library accepts
+        // (`SessionConfig::validate`, and the server's check of its shared budget), so a
+        // session that does not end is a bug, not a configuration that starves it.
+        let (allowance, queue) = match self.opts & 3 {
+            0 => return (cfg, None),
+            1 => (1024, cfg.recv_queue),
             2 => {
                 cfg.max_frame_len = 1024;
-                cfg.session_budget = 2048;
-                cfg.session_allowance = 256;
-                cfg.send_queue = 2;
-                cfg.recv_queue = 2;
-                cfg.read_buffer = 512;
-                Some(Pool::new(1024))
+                (256, 2)
             }
             _ => {
                 cfg.max_frame_len = 64;
-                cfg.session_budget = 96;
-                cfg.session_allowance = 16;
-                cfg.send_queue = 1;
-                cfg.recv_queue = 1;
-                cfg.read_buffer = 512;
-                Some(Pool::new(64))
+                (16, 1)
             }
         };
-        (cfg, pool)
+        cfg.session_budget = cfg.min_budget();
+        cfg.session_allowance = allowance;
+        cfg.send_queue = queue;
+        cfg.recv_queue = queue;
+        if self.opts & 3 >= 2 {
+            cfg.read_buffer = 512;
+        }
+        if let Err(e) = cfg.validate() {
+            panic!("fuzzing profile {}: {e}", self.opts & 3);
+        }
+        let shared = Pool::new(cfg.min_budget());
+        (cfg, Some(shared))
     }
 
     fn pipe(&self) -> usize {
