@@ -39,50 +39,90 @@ impl Codec {
     }
 }
 
-/// A type that can travel as a request or response body in either codec.
+/// A type that can travel as a request or response body.
 ///
-/// Implemented for every type that is both a prost [`Message`](prost::Message) and serde
-/// `Serialize + Deserialize` — types generated from `.proto` files (with serde derives) and
-/// hand-written structs deriving `prost::Message`, `serde::Serialize` and
-/// `serde::Deserialize`, as well as `()`, `String`, `bool`, the integer types and
-/// `bytes::Bytes` / `Vec<u8>` (as protobuf wrapper values).
+/// A type says which codecs it speaks ([`CODECS`](Self::CODECS)); a call or a request in
+/// another codec is refused with a status that says so, before anything is encoded or decoded.
+///
+/// * Types that are both a prost [`Message`](prost::Message) and serde `Serialize +
+///   Deserialize` speak both codecs: types generated from `.proto` files with serde derives,
+///   hand-written structs deriving `prost::Message`, `serde::Serialize` and
+///   `serde::Deserialize`, `()`, `String`, `bool`, the integer types and `bytes::Bytes` /
+///   `Vec<u8>` (as protobuf wrapper values).
+/// * [`Json<T>`] carries any serde type as JSON only.
+/// * [`Proto<T>`] carries any prost message as protobuf only.
 pub trait Message: Send + Sized + 'static {
-    /// Appends the encoded message to `buf`.
+    /// The codecs this type speaks, preferred first (never empty).
+    const CODECS: &'static [Codec];
+    /// Appends the encoded message to `buf` (only called with a codec in [`CODECS`](Self::CODECS)).
     fn encode_body(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), Status>;
     /// Decodes a message from `body` (a slice of the read buffer: protobuf `bytes` fields
     /// declared as `bytes::Bytes` share it instead of copying).
     fn decode_body(codec: Codec, body: Bytes) -> Result<Self, Status>;
     /// About how many bytes `encode_body` will write (to size the buffer once).
     fn size_hint(&self, codec: Codec) -> usize;
+
+    /// Whether this type speaks `codec`.
+    fn speaks(codec: Codec) -> bool {
+        Self::CODECS.contains(&codec)
+    }
+}
+
+/// The status for a message type asked for a codec it does not speak.
+pub(crate) fn unspoken<T>(codec: Codec, codecs: &[Codec]) -> Status {
+    let spoken: Vec<&str> = codecs.iter().map(|c| c.name()).collect();
+    Status::invalid_argument(format!(
+        "{} cannot be carried as {}: it speaks {} only",
+        std::any::type_name::<T>(),
+        codec.name(),
+        spoken.join(", ")
+    ))
+}
+
+fn encode_json<T: serde::Serialize>(v: &T, buf: &mut BytesMut) -> Result<(), Status> {
+    serde_json::to_writer(buf.writer(), v)
+        .map_err(|e| Status::internal(format!("json encode: {e}")))
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "cannot decode json {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+fn encode_proto<T: prost::Message>(v: &T, buf: &mut BytesMut) -> Result<(), Status> {
+    prost::Message::encode(v, buf).map_err(|e| Status::internal(format!("protobuf encode: {e}")))
+}
+
+fn decode_proto<T: prost::Message + Default>(body: Bytes) -> Result<T, Status> {
+    T::decode(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "cannot decode protobuf {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
 }
 
 impl<T> Message for T
 where
     T: prost::Message + Default + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
+    const CODECS: &'static [Codec] = &[Codec::Protobuf, Codec::Json];
+
     fn encode_body(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), Status> {
         match codec {
-            Codec::Protobuf => prost::Message::encode(self, buf)
-                .map_err(|e| Status::internal(format!("protobuf encode: {e}"))),
-            Codec::Json => serde_json::to_writer(buf.writer(), self)
-                .map_err(|e| Status::internal(format!("json encode: {e}"))),
+            Codec::Protobuf => encode_proto(self, buf),
+            Codec::Json => encode_json(self, buf),
         }
     }
 
     fn decode_body(codec: Codec, body: Bytes) -> Result<Self, Status> {
         match codec {
-            Codec::Protobuf => <T as prost::Message>::decode(body).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "cannot decode protobuf {}: {e}",
-                    std::any::type_name::<T>()
-                ))
-            }),
-            Codec::Json => serde_json::from_slice(&body).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "cannot decode json {}: {e}",
-                    std::any::type_name::<T>()
-                ))
-            }),
+            Codec::Protobuf => decode_proto(body),
+            Codec::Json => decode_json(&body),
         }
     }
 
@@ -92,6 +132,72 @@ where
             Codec::Protobuf => n,
             Codec::Json => 2 * n + 16,
         }
+    }
+}
+
+/// A serde type carried as JSON only (it need not be a protobuf message).
+///
+/// ```
+/// use qsocket::rpc::Json;
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Point { x: i32, y: i32 }
+/// let req = Json(Point { x: 1, y: 2 });
+/// # let _ = req;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Json<T>(pub T);
+
+impl<T> Message for Json<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    const CODECS: &'static [Codec] = &[Codec::Json];
+
+    fn encode_body(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), Status> {
+        match codec {
+            Codec::Json => encode_json(&self.0, buf),
+            other => Err(unspoken::<Self>(other, Self::CODECS)),
+        }
+    }
+
+    fn decode_body(codec: Codec, body: Bytes) -> Result<Self, Status> {
+        match codec {
+            Codec::Json => decode_json(&body).map(Json),
+            other => Err(unspoken::<Self>(other, Self::CODECS)),
+        }
+    }
+
+    fn size_hint(&self, _codec: Codec) -> usize {
+        64
+    }
+}
+
+/// A prost message carried as protobuf only (it need not implement serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Proto<T>(pub T);
+
+impl<T> Message for Proto<T>
+where
+    T: prost::Message + Default + Send + 'static,
+{
+    const CODECS: &'static [Codec] = &[Codec::Protobuf];
+
+    fn encode_body(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), Status> {
+        match codec {
+            Codec::Protobuf => encode_proto(&self.0, buf),
+            other => Err(unspoken::<Self>(other, Self::CODECS)),
+        }
+    }
+
+    fn decode_body(codec: Codec, body: Bytes) -> Result<Self, Status> {
+        match codec {
+            Codec::Protobuf => decode_proto(body).map(Proto),
+            other => Err(unspoken::<Self>(other, Self::CODECS)),
+        }
+    }
+
+    fn size_hint(&self, _codec: Codec) -> usize {
+        self.0.encoded_len()
     }
 }
 

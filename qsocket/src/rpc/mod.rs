@@ -19,16 +19,23 @@
 //! # Ok(()) }
 //! ```
 
+pub mod balance;
 mod client;
 mod codec;
 mod context;
 pub mod frame;
+mod instance;
 pub mod json;
+mod metadata;
 mod server;
 mod status;
 
 pub use client::{Call, Endpoints, RpcClient, RpcClientBuilder, RpcClientConfig, StaticEndpoints};
-pub use codec::{Codec, Message};
+pub use codec::{Codec, Json, Message, Proto};
 pub use context::{current_deadline, CallContext};
+pub use instance::{
+    Instance, InstanceList, InstanceSource, Snapshot, StaticInstances, DEFAULT_WEIGHT,
+};
+pub use metadata::{MetadataMap, Reply};
 pub use server::{NamedService, Router, RpcServer, RpcServerBuilder, RpcServerConfig, Service};
 pub use status::{Code, Sent, Status};

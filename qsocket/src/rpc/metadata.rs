@@ -1,0 +1,154 @@
+//! Call metadata: small `key → bytes` entries that travel with a request or a response (trace
+//! ids, credentials, …), kept in their wire form so an empty map costs nothing and a full one
+//! is copied into the frame as it is.
+
+use super::frame::{put_metadata, Metadata};
+use super::status::Status;
+
+/// The metadata of one request or response, owned and editable (client layers add credentials,
+/// handlers add response entries). Keys are at most 255 bytes, values at most 65,535; the whole
+/// block is bounded by the frame limits when it is sent.
+///
+/// ```
+/// use qsocket::rpc::MetadataMap;
+/// let mut md = MetadataMap::new();
+/// md.insert("trace-id", "abc").unwrap();
+/// md.insert("trace-id", "def").unwrap(); // replaces
+/// assert_eq!(md.get("trace-id"), Some(&b"def"[..]));
+/// assert_eq!(md.len(), 1);
+/// md.remove("trace-id");
+/// assert!(md.is_empty());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MetadataMap {
+    wire: Vec<u8>,
+}
+
+impl MetadataMap {
+    /// An empty map (no allocation).
+    pub const fn new() -> Self {
+        MetadataMap { wire: Vec::new() }
+    }
+
+    /// A map holding a block in wire form; `None` if it is malformed.
+    pub fn from_wire(block: &[u8]) -> Option<Self> {
+        Metadata(block).is_valid().then(|| MetadataMap {
+            wire: block.to_vec(),
+        })
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.view().get(key)
+    }
+
+    /// The value of `key` as UTF-8 text, if present and valid.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Sets `key` to `value`, replacing an earlier value. Fails (`invalid_argument`) if the key
+    /// or value is too long for the format.
+    pub fn insert(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<(), Status> {
+        self.remove(key);
+        self.append(key, value)
+    }
+
+    /// Adds an entry even if `key` is already present (the first one is what [`get`](Self::get)
+    /// finds).
+    pub fn append(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<(), Status> {
+        put_metadata(&mut self.wire, key, value.as_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    /// Removes every entry named `key`; whether there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        if self.get(key).is_none() {
+            return false;
+        }
+        let mut kept = Vec::with_capacity(self.wire.len());
+        for (k, v) in self.view().iter() {
+            if k != key.as_bytes() {
+                kept.push(k.len() as u8);
+                kept.extend_from_slice(k);
+                kept.extend_from_slice(&(v.len() as u16).to_be_bytes());
+                kept.extend_from_slice(v);
+            }
+        }
+        self.wire = kept;
+        true
+    }
+
+    /// Every `(key, value)` entry in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.view().iter()
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.wire.is_empty()
+    }
+
+    /// Removes every entry, keeping the allocation.
+    pub fn clear(&mut self) {
+        self.wire.clear();
+    }
+
+    /// The entries in wire form (`[u8 key length][key][u16 value length][value]`…).
+    pub fn as_wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    fn view(&self) -> Metadata<'_> {
+        Metadata(&self.wire)
+    }
+}
+
+/// Shows keys and value lengths only: values may be credentials.
+impl std::fmt::Debug for MetadataMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in self.iter() {
+            m.entry(
+                &String::from_utf8_lossy(k),
+                &format_args!("<{} bytes>", v.len()),
+            );
+        }
+        m.finish()
+    }
+}
+
+/// A message with metadata: what a handler returns to answer with response metadata, and what
+/// a client gets from [`Call::reply`](super::Call::reply).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reply<T> {
+    /// The message.
+    pub body: T,
+    /// Its metadata.
+    pub metadata: MetadataMap,
+}
+
+impl<T> Reply<T> {
+    /// `body` with no metadata.
+    pub fn new(body: T) -> Self {
+        Reply {
+            body,
+            metadata: MetadataMap::new(),
+        }
+    }
+
+    /// Adds a metadata entry (replacing one of the same key). An entry too long for the format
+    /// (a key over 255 bytes, a value over 65,535) is a programming mistake: it is dropped with
+    /// a warning. Use [`MetadataMap::insert`] on `metadata` to handle it yourself.
+    pub fn with_metadata(mut self, key: &str, value: impl AsRef<[u8]>) -> Self {
+        if let Err(e) = self.metadata.insert(key, value) {
+            tracing::warn!(key, error = %e, "reply metadata entry dropped");
+        }
+        self
+    }
+}
