@@ -347,7 +347,7 @@ async fn read_frame(s: &mut TcpStream, buf: &mut BytesMut) -> Frame {
     .await
 }
 
-async fn rpc_server(cfg: RpcServerConfig) -> (Server, SocketAddr) {
+async fn rpc_server(cfg: RpcServerConfig) -> (RpcServer, SocketAddr) {
     let router = rpc_common::router(Arc::default()).add_service(
         Service::new("test.Park").unary("Forever", |_: EchoRequest, _: CallContext| {
             std::future::pending::<Result<EchoReply, Status>>()
@@ -391,15 +391,13 @@ async fn an_rpc_session_paused_by_its_in_flight_limit_notices_a_fin() {
     // Few requests in flight and a short queue, so the session stops reading quickly; no
     // session timeout, so only noticing the FIN can end it.
     let defaults = RpcServerConfig::default();
-    let cfg = RpcServerConfig {
-        max_in_flight: 2,
-        session: SessionConfig {
+    let cfg = RpcServerConfig::default()
+        .max_in_flight(2)
+        .session(SessionConfig {
             recv_queue: 2,
             session_timeout: None,
             ..defaults.session.clone()
-        },
-        ..defaults
-    };
+        });
     let (server, addr) = rpc_server(cfg).await;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut all = BytesMut::new();

@@ -6,7 +6,7 @@ mod rpc_common;
 
 use common::{closed_by_peer, eventually, within, WAIT};
 use qsocket::rpc::{Code, Codec, RpcClient, RpcServer, RpcServerConfig, Sent, Status};
-use qsocket::session::{Server, Transport};
+use qsocket::session::Transport;
 use rpc_common::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn server(counters: &Arc<Counters>) -> Server {
+async fn server(counters: &Arc<Counters>) -> RpcServer {
     RpcServer::builder(router(counters.clone()))
         .bind("tcp://127.0.0.1:0")
         .bind("udp://127.0.0.1:0")
@@ -715,10 +715,7 @@ async fn review_regressions_panics_udp_replies_and_shutdown() {
     let server = RpcServer::builder(router)
         .bind("tcp://127.0.0.1:0")
         .bind("udp://127.0.0.1:0")
-        .config(RpcServerConfig {
-            max_in_flight: 1,
-            ..cfg
-        })
+        .config(cfg.max_in_flight(1))
         .start()
         .await
         .expect("server");

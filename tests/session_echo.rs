@@ -388,3 +388,124 @@ async fn mutual_tls_requires_a_client_certificate() {
     assert_eq!(events.count(|e| matches!(e, Ev::Open(_))), opens_before);
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_on_listeners_bound_by_the_caller() {
+    // Bound here, before the server exists: a std listener (as a process manager hands one
+    // over) and a tokio one.
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind std listener");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let tcp = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind ws listener");
+    let (tcp_addr, ws_addr) = (
+        tcp.local_addr().expect("tcp addr"),
+        ws.local_addr().expect("ws addr"),
+    );
+    let events = Events::default();
+    let server = Server::builder(codec(), echo_factory(&events))
+        .tcp_listener(tcp)
+        .bind("udp://127.0.0.1:0")
+        .ws_listener(ws, "/echo")
+        .start()
+        .await
+        .expect("server starts");
+    // Listed in the order given, with the addresses the caller bound.
+    let listed: Vec<Transport> = server
+        .local_endpoints()
+        .iter()
+        .map(|e| e.transport())
+        .collect();
+    assert_eq!(listed, [Transport::Tcp, Transport::Udp, Transport::Ws]);
+    assert_eq!(server.local_addr(Transport::Tcp), Some(tcp_addr));
+    assert_eq!(server.local_addr(Transport::Ws), Some(ws_addr));
+    assert_eq!(server.endpoint(Transport::Ws).expect("ws").path(), "/echo");
+    for url in [format!("tcp://{tcp_addr}"), format!("ws://{ws_addr}/echo")] {
+        let client = echo_roundtrip(&url, 100).await;
+        client.close(Duration::from_secs(5)).await;
+    }
+    events
+        .wait_until("both sessions closed", |e| {
+            e.iter().filter(|e| matches!(e, Ev::Close(_))).count() >= 2
+        })
+        .await;
+    server.shutdown(Duration::from_secs(5)).await;
+    // The server owned the listeners: they are closed with it.
+    for addr in [tcp_addr, ws_addr] {
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "{addr} still accepts after shutdown"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_and_wss_on_listeners_bound_by_the_caller() {
+    let (cert, key) = self_signed();
+    let server_tls =
+        qsocket::session::tls::server_config(cert.as_bytes(), key.as_bytes()).expect("server tls");
+    let client_tls = qsocket::session::tls::client_config(cert.as_bytes()).expect("client tls");
+    let tls = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let wss = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (tls_port, wss_port) = (
+        tls.local_addr().expect("addr").port(),
+        wss.local_addr().expect("addr").port(),
+    );
+    let events = Events::default();
+    let server = Server::builder(codec(), echo_factory(&events))
+        .tls_listener(tls)
+        .wss_listener(wss, "/secure")
+        .tls(server_tls)
+        .start()
+        .await
+        .expect("tls server");
+    for url in [
+        format!("tls://localhost:{tls_port}"),
+        format!("wss://localhost:{wss_port}/secure"),
+    ] {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let client = Client::builder(&url, codec(), move || Forward(tx.clone()))
+            .tls(client_tls.clone())
+            .start()
+            .await
+            .expect("client");
+        let s = within("tls session", client.session()).await.expect("live");
+        for i in 0..20 {
+            s.send(Bytes::from(vec![i as u8; 100])).await.expect("send");
+        }
+        for i in 0..20 {
+            let got = within("echo", rx.recv()).await.expect("echo");
+            assert_eq!(got, Bytes::from(vec![i as u8; 100]), "echo {i} over {url}");
+        }
+        client.close(Duration::from_secs(5)).await;
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_listener_is_checked_at_start() {
+    let events = Events::default();
+    // A WebSocket path must start with '/'.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let r = Server::builder(codec(), echo_factory(&events))
+        .ws_listener(listener, "echo")
+        .start()
+        .await;
+    assert!(matches!(r, Err(qsocket::Error::Config(_))), "{:?}", r.err());
+    // TLS needs a TLS configuration, wherever the socket came from.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let r = Server::builder(codec(), echo_factory(&events))
+        .tls_listener(listener)
+        .start()
+        .await;
+    assert!(matches!(r, Err(qsocket::Error::Config(_))), "{:?}", r.err());
+}

@@ -185,13 +185,16 @@ pub(crate) fn hostile_server(kind: &str, shared_budget_mib: Option<u64>) -> Resu
         usize::try_from(m << 20).unwrap_or(usize::MAX)
     });
     let rt = runtime()?;
-    let server = match kind {
+    // The server (a session `Server` or an `RpcServer`) is kept until the end.
+    let (endpoints, server) = match kind {
         "echo" => {
             let builder = Server::builder(LengthDelimitedCodec::new(), || Echo)
                 .bind("tcp://127.0.0.1:0")
                 .bind("ws://127.0.0.1:0/echo")
                 .shared_budget(budget);
-            rt.block_on(builder.start())?
+            let server = rt.block_on(builder.start())?;
+            let endpoints = server.local_endpoints().to_vec();
+            (endpoints, Box::new(server) as Box<dyn std::any::Any>)
         }
         "rpc" => {
             let svc = Service::new(SERVICE)
@@ -204,15 +207,13 @@ pub(crate) fn hostile_server(kind: &str, shared_budget_mib: Option<u64>) -> Resu
             let builder = RpcServer::builder(Router::new().add_service(svc))
                 .bind("tcp://127.0.0.1:0")
                 .shared_budget(budget);
-            rt.block_on(builder.start())?
+            let server = rt.block_on(builder.start())?;
+            let endpoints = server.local_endpoints().to_vec();
+            (endpoints, Box::new(server) as Box<dyn std::any::Any>)
         }
         other => return Err(format!("unknown hostile-server kind {other:?} (echo, rpc)").into()),
     };
-    let endpoints: Vec<String> = server
-        .local_endpoints()
-        .iter()
-        .map(|e| e.to_string())
-        .collect();
+    let endpoints: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", endpoints.join(" "))?;
     out.flush()?;

@@ -3,7 +3,6 @@
 
 use bytes::Bytes;
 use qsocket::rpc::{CallContext, Codec, Router, RpcClient, RpcServer, Service, Status};
-use qsocket::session::Server;
 use std::time::Duration;
 
 /// Errors of the benchmark implementations.
@@ -20,7 +19,7 @@ pub struct EchoMsg {
 }
 
 /// Starts the server on `url` (port 0 allowed); returns it (for its bound endpoints).
-pub async fn serve(url: &str) -> Result<Server, Error> {
+pub async fn serve(url: &str) -> Result<RpcServer, Error> {
     let svc = Service::new("bench.Echo")
         .unary("Echo", |m: EchoMsg, _ctx: CallContext| async move {
             Ok::<_, Status>(m)

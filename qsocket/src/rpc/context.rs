@@ -1,10 +1,16 @@
-//! What a handler knows about its call, and the deadline that calls made inside it inherit.
+//! What a handler (and a server layer) knows about its call — service and method names, peer,
+//! session attributes, metadata, deadline, typed extensions — and the deadline that calls made
+//! inside a handler inherit.
 
-use super::frame::Metadata;
+use super::frame::{Frame, Metadata, HEADER_LEN};
+use super::metadata::MetadataMap;
+use crate::session::{Session, Transport};
 use bytes::Bytes;
+use std::any::{Any, TypeId};
 use std::cell::Cell;
+use std::fmt;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 thread_local! {
     /// The deadline of the request whose handler is being polled on this thread. A handler
@@ -35,39 +41,333 @@ pub fn current_deadline() -> Option<Instant> {
     DEADLINE.with(Cell::get)
 }
 
-/// The server side of one call: deadline, metadata, peer.
-#[derive(Debug, Clone)]
+/// The server side of one call: which method was called and by whom, its metadata and
+/// deadline, the session it came on, and typed [`Extensions`] that server layers fill for the
+/// handler (an authenticated identity, for one).
+///
+/// Making one costs no allocation: names and metadata are read from the request frame in
+/// place (a shared slice of the read buffer), and an empty set of extensions holds nothing.
+///
+/// The service and method names are those of a method the server's router found (names of
+/// unknown methods, which may not even be UTF-8, are answered `unimplemented` and never reach
+/// a context), so they are always valid UTF-8.
+#[derive(Clone)]
 pub struct CallContext {
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) metadata: Bytes,
-    pub(crate) peer: SocketAddr,
-    pub(crate) session_id: u64,
-    pub(crate) request_id: u64,
+    deadline: Option<Instant>,
+    /// The whole request frame (names, metadata and body share it).
+    frame: Bytes,
+    service_len: u8,
+    method_len: u8,
+    metadata_len: u16,
+    /// The request metadata once a layer edited it (until then, the frame's own block).
+    edited: Option<MetadataMap>,
+    session: Session<Bytes>,
+    request_id: u64,
+    extensions: Extensions,
+    /// When the server began dispatching the call, if a layer observes outcomes (the latency
+    /// they are given counts from here).
+    started: Option<Instant>,
 }
 
 impl CallContext {
+    /// The context of `frame`, a request that came on `session`.
+    pub(crate) fn new(frame: &Frame, session: &Session<Bytes>, deadline: Option<Instant>) -> Self {
+        CallContext {
+            deadline,
+            frame: frame.as_bytes().clone(),
+            // Both names are at most 255 bytes, the metadata block at most 65,535: the frame's
+            // own length fields.
+            service_len: u8::try_from(frame.service().len()).unwrap_or(u8::MAX),
+            method_len: u8::try_from(frame.method().len()).unwrap_or(u8::MAX),
+            metadata_len: u16::try_from(frame.metadata().0.len()).unwrap_or(u16::MAX),
+            edited: None,
+            session: session.clone(),
+            request_id: frame.id,
+            extensions: Extensions::new(),
+            started: None,
+        }
+    }
+
+    /// Marks the start of dispatch (only done when a layer observes outcomes).
+    pub(crate) fn set_started(&mut self, at: Instant) {
+        self.started = Some(at);
+    }
+
+    /// The time since dispatch began, if it was recorded.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    fn name(&self, start: usize, len: u8) -> &str {
+        let bytes = self
+            .frame
+            .get(start..start + len as usize)
+            .unwrap_or_default();
+        // Only names the router matched (configured as `&str`) reach a context.
+        std::str::from_utf8(bytes).unwrap_or_default()
+    }
+
+    /// The service called, e.g. `"greeter.Greeter"`.
+    pub fn service(&self) -> &str {
+        self.name(HEADER_LEN, self.service_len)
+    }
+
+    /// The method called, e.g. `"SayHello"`.
+    pub fn method(&self) -> &str {
+        self.name(HEADER_LEN + self.service_len as usize, self.method_len)
+    }
+
     /// When the caller stops waiting (received time + the time remaining it sent).
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
-    /// The request's metadata entries.
+    /// The metadata block inside the request frame.
+    fn wire_metadata(&self) -> &[u8] {
+        let start = HEADER_LEN + self.service_len as usize + self.method_len as usize;
+        self.frame
+            .get(start..start + self.metadata_len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The request's metadata entries (as server layers left them).
     pub fn metadata(&self) -> Metadata<'_> {
-        Metadata(&self.metadata)
+        match &self.edited {
+            Some(map) => Metadata(map.as_wire()),
+            None => Metadata(self.wire_metadata()),
+        }
+    }
+
+    /// The request's metadata, editable: a server layer can add, change or remove entries the
+    /// handler (and later layers) then see. The first call copies the block out of the
+    /// request frame.
+    pub fn metadata_mut(&mut self) -> &mut MetadataMap {
+        if self.edited.is_none() {
+            // The block was checked when the request was dispatched.
+            let map = MetadataMap::from_wire(self.wire_metadata()).unwrap_or_default();
+            self.edited = Some(map);
+        }
+        self.edited.get_or_insert_with(MetadataMap::new)
     }
 
     /// The caller's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+        self.session.peer_addr()
     }
 
-    /// The id of the session the request came on.
+    /// The transport the call came over.
+    pub fn transport(&self) -> Transport {
+        self.session.transport()
+    }
+
+    /// The id of the session (connection, or UDP peer) the request came on.
     pub fn session_id(&self) -> u64 {
-        self.session_id
+        self.session.id()
     }
 
     /// The request id (unique per session while the call is in flight).
     pub fn request_id(&self) -> u64 {
         self.request_id
+    }
+
+    /// A clone of the session's attribute of type `T`, if one is set. Session attributes live
+    /// as long as the connection: what a layer learns once per connection (a TLS identity, a
+    /// login) can be kept there for every later call on it.
+    pub fn session_attr<T: Any + Send + Sync + Clone>(&self) -> Option<T> {
+        self.session.attr::<T>()
+    }
+
+    /// Stores a typed attribute on the call's session, returning the previous value of that
+    /// type.
+    pub fn set_session_attr<T: Any + Send + Sync>(&self, value: T) -> Option<T> {
+        self.session.set_attr(value)
+    }
+
+    /// Runs `f` with mutable access to the session's attribute of type `T` (or `None`). The
+    /// session's attributes are locked while `f` runs: keep it short, and do not touch other
+    /// attributes of the same session inside it.
+    pub fn with_session_attr<T: Any + Send + Sync, R>(
+        &self,
+        f: impl FnOnce(Option<&mut T>) -> R,
+    ) -> R {
+        self.session.with_attr(f)
+    }
+
+    /// Removes and returns the session's attribute of type `T`.
+    pub fn remove_session_attr<T: Any + Send + Sync>(&self) -> Option<T> {
+        self.session.remove_attr::<T>()
+    }
+
+    /// The call's typed extensions: values server layers attached for the handler.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The call's typed extensions, editable (a layer inserts, a handler may take).
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+}
+
+/// Shows names, ids and metadata keys (values may be credentials).
+impl fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<_> = self
+            .metadata()
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k))
+            .collect();
+        f.debug_struct("CallContext")
+            .field("service", &self.service())
+            .field("method", &self.method())
+            .field("peer", &self.peer_addr())
+            .field("session_id", &self.session_id())
+            .field("request_id", &self.request_id)
+            .field("deadline", &self.deadline)
+            .field("metadata_keys", &keys)
+            .field("extensions", &self.extensions)
+            .finish()
+    }
+}
+
+/// A value that can be stored in [`Extensions`]: any `Clone + Send + Sync + 'static` type.
+trait Extension: Any + Send + Sync {
+    fn clone_box(&self) -> Box<dyn Extension>;
+}
+
+impl<T: Any + Send + Sync + Clone> Extension for T {
+    fn clone_box(&self) -> Box<dyn Extension> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Box<dyn Extension> {
+    fn clone(&self) -> Self {
+        (**self).clone_box()
+    }
+}
+
+/// Typed values attached to one call, at most one per type: what a server layer found out
+/// (an authenticated identity, a tenant, a trace span) for the handler and later layers.
+///
+/// An empty set allocates nothing; values are kept in a short list searched by type (calls
+/// carry a handful). Values must be `Clone` because a [`CallContext`] is (an
+/// [`Admit::Wait`](super::Admit::Wait) layer works on a clone).
+///
+/// ```
+/// use qsocket::rpc::Extensions;
+/// #[derive(Clone, Debug, PartialEq)]
+/// struct User(String);
+/// let mut ext = Extensions::new();
+/// assert!(ext.insert(User("ada".into())).is_none());
+/// assert_eq!(ext.get::<User>(), Some(&User("ada".into())));
+/// ext.get_mut::<User>().unwrap().0.push_str("!");
+/// assert_eq!(ext.remove::<User>(), Some(User("ada!".into())));
+/// assert!(ext.is_empty());
+/// ```
+#[derive(Clone, Default)]
+pub struct Extensions {
+    entries: Vec<(TypeId, Box<dyn Extension>)>,
+}
+
+impl Extensions {
+    /// An empty set (no allocation).
+    pub const fn new() -> Self {
+        Extensions {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Stores `value`, returning the previous value of type `T`.
+    pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
+        let id = TypeId::of::<T>();
+        let boxed: Box<dyn Extension> = Box::new(value);
+        if let Some(slot) = self.entries.iter_mut().find(|(t, _)| *t == id) {
+            let old = std::mem::replace(&mut slot.1, boxed);
+            let old: Box<dyn Any> = old;
+            return old.downcast::<T>().ok().map(|b| *b);
+        }
+        self.entries.push((id, boxed));
+        None
+    }
+
+    /// The value of type `T`, if present.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        let id = TypeId::of::<T>();
+        let (_, v) = self.entries.iter().find(|(t, _)| *t == id)?;
+        let v: &dyn Any = &**v;
+        v.downcast_ref::<T>()
+    }
+
+    /// The value of type `T`, mutable, if present.
+    pub fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        let id = TypeId::of::<T>();
+        let (_, v) = self.entries.iter_mut().find(|(t, _)| *t == id)?;
+        let v: &mut dyn Any = &mut **v;
+        v.downcast_mut::<T>()
+    }
+
+    /// Removes and returns the value of type `T`.
+    pub fn remove<T: 'static>(&mut self) -> Option<T> {
+        let id = TypeId::of::<T>();
+        let i = self.entries.iter().position(|(t, _)| *t == id)?;
+        let v: Box<dyn Any> = self.entries.swap_remove(i).1;
+        v.downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// Whether a value of type `T` is present.
+    pub fn contains<T: 'static>(&self) -> bool {
+        let id = TypeId::of::<T>();
+        self.entries.iter().any(|(t, _)| *t == id)
+    }
+
+    /// How many values there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Removes every value.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// Shows how many values there are (their types are not nameable at run time).
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions")
+            .field("len", &self.entries.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_keep_one_value_per_type_and_clone() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct A(u32);
+        let mut ext = Extensions::new();
+        assert_eq!(ext.insert(A(1)), None);
+        assert_eq!(ext.insert(7u64), None);
+        assert_eq!(ext.insert(A(2)), Some(A(1)));
+        assert_eq!(ext.len(), 2);
+        let copy = ext.clone();
+        if let Some(a) = ext.get_mut::<A>() {
+            a.0 = 3;
+        }
+        assert_eq!(copy.get::<A>(), Some(&A(2)), "a clone is independent");
+        assert_eq!(ext.get::<A>(), Some(&A(3)));
+        assert!(ext.contains::<u64>() && !ext.contains::<i64>());
+        assert_eq!(ext.remove::<u64>(), Some(7));
+        assert_eq!(ext.remove::<u64>(), None);
+        assert_eq!(format!("{ext:?}"), "Extensions { len: 1 }");
     }
 }

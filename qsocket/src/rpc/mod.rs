@@ -30,12 +30,21 @@ mod metadata;
 mod server;
 mod status;
 
-pub use client::{Call, Endpoints, RpcClient, RpcClientBuilder, RpcClientConfig, StaticEndpoints};
+pub use client::{
+    layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, Call, CallOptions, Channel, ClientLayer,
+    DynInvoke, Identity, Invoke, LayerFn, Request, Response, RpcClient, RpcClientBuilder,
+    RpcClientConfig, Stack,
+};
+#[cfg(feature = "tower")]
+pub use client::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
 pub use codec::{Codec, Json, Message, Proto};
-pub use context::{current_deadline, CallContext};
+pub use context::{current_deadline, CallContext, Extensions};
 pub use instance::{
     Instance, InstanceList, InstanceSource, Snapshot, StaticInstances, DEFAULT_WEIGHT,
 };
 pub use metadata::{MetadataMap, Reply};
-pub use server::{NamedService, Router, RpcServer, RpcServerBuilder, RpcServerConfig, Service};
+pub use server::{
+    Admit, AdmitFuture, BoxServerLayer, DynServerLayer, IntoReply, NamedService, Router, RpcServer,
+    RpcServerBuilder, RpcServerConfig, ServerLayer, ServerStack, Service,
+};
 pub use status::{Code, Sent, Status};

@@ -5,9 +5,9 @@
 use super::config::{Backoff, SessionConfig};
 use super::conn::{run_conn, Conn, Io};
 use super::endpoint::{Endpoint, Transport};
+use super::framing::Framing;
 use super::handle::Session;
 use super::listener::EventListener;
-use super::Codec;
 use crate::Error;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -80,12 +80,16 @@ pub struct ClientBuilder<L, C, F> {
     sessions: usize,
     backoff: Backoff,
     connect_timeout: Duration,
+    on_connect_error: Option<ConnectErrorHook>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ClientConfig>>,
     #[cfg(feature = "tls")]
     server_name: Option<String>,
     _listener: PhantomData<fn() -> L>,
 }
+
+/// Called with the error of each failed connection attempt.
+type ConnectErrorHook = Arc<dyn Fn(&Error) + Send + Sync>;
 
 impl<O: Send + 'static> Client<O> {
     /// Starts building a client of `url` (`tcp://`, `udp://`, `ws://…/path`, with `tls`:
@@ -94,7 +98,7 @@ impl<O: Send + 'static> Client<O> {
     pub fn builder<L, C, F>(url: &str, codec: C, factory: F) -> ClientBuilder<L, C, F>
     where
         L: EventListener<Out = O>,
-        C: Codec<L::In, O>,
+        C: Framing<L::In, O>,
         F: Fn() -> L + Send + Sync + 'static,
     {
         ClientBuilder {
@@ -105,6 +109,7 @@ impl<O: Send + 'static> Client<O> {
             sessions: 1,
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
+            on_connect_error: None,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "tls")]
@@ -198,7 +203,7 @@ impl<O: Send + 'static> Client<O> {
 impl<L, C, F> ClientBuilder<L, C, F>
 where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     F: Fn() -> L + Send + Sync + 'static,
 {
     /// How many sessions to keep open to the endpoint. Default 1.
@@ -210,6 +215,14 @@ where
     /// The reconnect policy.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Calls `hook` with the error of every failed connection attempt (refused, timed out,
+    /// handshake failed) — e.g. to fail calls fast instead of waiting for a reconnect. It runs
+    /// on the reconnecting task: keep it short.
+    pub fn on_connect_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.on_connect_error = Some(Arc::new(hook));
         self
     }
 
@@ -310,6 +323,7 @@ where
             cfg: self.cfg,
             backoff: self.backoff,
             connect_timeout: self.connect_timeout,
+            on_connect_error: self.on_connect_error,
             #[cfg(feature = "tls")]
             tls,
             _listener: PhantomData,
@@ -334,6 +348,7 @@ struct Shared<L, C, F> {
     cfg: SessionConfig,
     backoff: Backoff,
     connect_timeout: Duration,
+    on_connect_error: Option<ConnectErrorHook>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsConnector>,
     #[cfg(feature = "tls")]
@@ -372,7 +387,7 @@ async fn supervise<L, C, F>(
     force: CancellationToken,
 ) where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     F: Fn() -> L + Send + Sync + 'static,
 {
     let ep = &shared.endpoint;
@@ -437,6 +452,9 @@ async fn supervise<L, C, F>(
                 failures = failures.saturating_add(1);
                 attempts = attempts.saturating_add(1);
                 tracing::debug!(endpoint = %ep, error = %e, failures, "connect failed");
+                if let Some(hook) = &shared.on_connect_error {
+                    hook(&e);
+                }
             }
         }
         // Failed attempts: a refused connection, a session refused by `on_open`, one that

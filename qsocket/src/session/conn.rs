@@ -3,13 +3,14 @@
 use super::budget::{Mem, Pool};
 use super::config::SessionConfig;
 use super::endpoint::Transport;
+use super::framing::Framing;
 use super::handle::Session;
+use super::handler::{drive, Parts};
 use super::io::{ReadSource, StreamSink};
 use super::listener::EventListener;
 use super::queue;
-use super::runtime::{drive, stream_reader, Parts, ReadLimits};
+use super::reader::{stream_reader, Inbound, ReadLimits};
 use super::udp::{datagram_reader, UdpSink};
-use super::Codec;
 use crate::Error;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,7 +50,7 @@ pub(crate) async fn run_conn<L, C>(
 ) -> Result<(), Error>
 where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
 {
     let Conn {
         io,
@@ -120,11 +121,7 @@ fn parts<L, C>(
     (transport, local, peer): Addrs,
     (token, pool): (CancellationToken, Option<&Arc<Pool>>),
     cfg: &SessionConfig,
-) -> (
-    Parts<L, C>,
-    queue::Sender<super::runtime::Inbound<L::In>>,
-    Session<L::Out>,
-)
+) -> (Parts<L, C>, queue::Sender<Inbound<L::In>>, Session<L::Out>)
 where
     L: EventListener,
 {
@@ -164,7 +161,7 @@ pub(crate) fn stream_session<'a, L, C, R, W>(
 ) -> impl Future<Output = Result<(), Error>> + 'a
 where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     R: ReadSource,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

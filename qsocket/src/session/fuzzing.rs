@@ -2,7 +2,7 @@
 //! API, no stability promised).
 //!
 //! Each harness runs one session through the crate's own code paths — `conn::stream_session`
-//! for a byte stream, `conn::run_conn` (so `ws::ws_reader`, `ws::WsSink` and `runtime::drive`)
+//! for a byte stream, `conn::run_conn` (so `ws::ws_reader`, `ws::WsSink` and `handler::drive`)
 //! for WebSocket — over a `tokio::io::duplex` pair instead of a socket, with an echo listener.
 //! The fuzz input is what the peer sends: it is written to the peer's side in chunks, then the
 //! peer's write side is shut down, while everything the session writes back is read (and
@@ -353,7 +353,7 @@ pub fn run_ws_session(input: &[u8]) -> Outcome {
 }
 
 #[cfg(feature = "ws")]
-fn ws_session<C: super::Codec<BytesMut, Bytes>>(input: &[u8], codec: C) -> Outcome {
+fn ws_session<C: super::Framing<BytesMut, Bytes>>(input: &[u8], codec: C) -> Outcome {
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::WebSocketStream;
 

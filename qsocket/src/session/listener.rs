@@ -1,7 +1,8 @@
-//! The [`EventListener`] trait and the [`Ctx`] its callbacks receive.
+//! The [`EventListener`] trait (the user's or a protocol's side of a session) and the [`Ctx`]
+//! its callbacks receive.
 
 use super::handle::Session;
-use super::runtime::Outgoing;
+use super::writer::Outgoing;
 use crate::Error;
 use std::fmt;
 use std::future::Future;
@@ -160,7 +161,9 @@ impl<'a, O> Ctx<'a, O> {
     /// For listeners that keep a message, or data sharing its memory, after `on_message`
     /// returns — an RPC server's requests in flight, for one: the session then stops reading
     /// when what it keeps reaches the budget, and the server's shared budget counts it too.
-    /// Outside `on_message`, or called twice, the guard holds nothing.
+    /// Outside `on_message`, or called twice, the guard holds nothing ([`Retained::bytes`] is
+    /// 0). The bytes are given back when the guard drops, or when the session ends, whichever
+    /// comes first (a guard dropped after its session ended gives back nothing more).
     pub fn retain(&mut self) -> Retained<O> {
         Retained {
             session: self.session.clone(),
@@ -168,23 +171,44 @@ impl<'a, O> Ctx<'a, O> {
         }
     }
 
-    /// Bytes waiting in the session's write buffer (written after this callback, or at once
-    /// when it passes 64 KiB): a listener producing a lot of output at once can stop and go on
-    /// at its next `poll_work`.
+    /// Bytes waiting in the session's write buffer: everything sent through this or an earlier
+    /// `Ctx` of the session's current pass and not yet written. The handler writes them once
+    /// the callback returns (at the end of its pass, or right after this message once 64 KiB
+    /// are buffered), so a listener producing a lot of output at once can stop at a threshold
+    /// of its own and go on at its next [`poll_work`](EventListener::poll_work).
     pub fn write_buffered(&self) -> usize {
         self.out.buffered()
     }
 
-    /// Appends one whole frame that `write` puts straight into the session's write buffer, in
-    /// the codec's format — for protocol layers that encode in place instead of building a
-    /// message first.
-    pub(crate) fn send_raw(&mut self, write: &mut dyn FnMut(&mut bytes::BytesMut)) {
+    /// Appends one whole frame that `write` puts straight into the session's write buffer —
+    /// for protocol layers that encode in place instead of building a message first (no
+    /// intermediate buffer, no copy).
+    ///
+    /// `write` is called once, at once, with the write buffer; it must only **append**, and
+    /// what it appends must already be in the wire format of the session's
+    /// [`Framing`](super::Framing) (a length prefix included, for a length-delimited one): the
+    /// framing's encoder is not called. What it appends is one frame, with the same guarantees
+    /// as [`send`](Self::send): it never waits, goes out in order with everything else sent on
+    /// this session, and is written as soon as the callback returns. Appending nothing sends
+    /// nothing. Over UDP and WebSocket the frame travels as one datagram or message; one
+    /// larger than the transport carries ([`MAX_DATAGRAM`](super::MAX_DATAGRAM) for UDP, the
+    /// session's `max_frame_len` for WebSocket) is dropped and reported to
+    /// [`on_error`](EventListener::on_error) as [`Error::FrameTooLarge`], and the session goes
+    /// on. Should `write` remove bytes that were there before it (frames sent earlier), those
+    /// frames are damaged: the session reports an [`Error::Encode`] and writes what is left.
+    pub fn send_raw(&mut self, write: &mut dyn FnMut(&mut bytes::BytesMut)) {
         self.out.push_raw(write);
     }
 
-    /// When the message being handled was read from the network (millisecond precision); in
-    /// other callbacks, when the session last read anything. Deadlines that travel as "time
-    /// remaining" count from here, so time spent queued in this process is not lost.
+    /// When the message being handled was read from the network; in the other callbacks
+    /// (`on_cron`, `poll_work`, `poll_close`), when the session last read anything.
+    ///
+    /// It is taken once per read (all frames of one read share it), kept at millisecond
+    /// precision: never later than the read, at most a millisecond earlier. Deadlines that
+    /// travel as "time remaining" should count from here (see
+    /// [`deadline_after`](super::deadline_after)), so time a message spent queued in this
+    /// process — behind the session's other messages, or while its handler was busy — is not
+    /// lost.
     pub fn received_at(&self) -> Instant {
         super::handle::instant_of(self.received)
     }

@@ -1,15 +1,17 @@
-//! [`Server`]: binds any mix of TCP, TLS, UDP and WebSocket addresses and runs a session per
-//! connection (per peer address for UDP), with a session limit and graceful shutdown.
+//! [`Server`]: binds any mix of TCP, TLS, UDP and WebSocket addresses (or serves on TCP
+//! listeners bound elsewhere) and runs a session per connection (per peer address for UDP),
+//! with a session limit and graceful shutdown.
 
 use super::budget::Pool;
 use super::config::SessionConfig;
 use super::conn::{run_conn, stream_session, Conn, Io};
 use super::endpoint::{Endpoint, Transport};
+use super::framing::Framing;
 use super::handle::Session;
+use super::handler::{drive, Parts};
 use super::listener::EventListener;
-use super::runtime::{drive, Inbound, Parts};
+use super::reader::Inbound;
 use super::udp::{decode_datagram, UdpSink, MAX_DATAGRAM};
-use super::Codec;
 use crate::Error;
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -49,10 +51,14 @@ impl Drop for Control {
 }
 
 /// Builds a [`Server`]: `Server::builder(codec, factory).bind(url)….start().await`.
+///
+/// Where it serves: addresses it binds when it starts ([`bind`](Self::bind)), and TCP
+/// listeners bound elsewhere and handed over ([`tcp_listener`](Self::tcp_listener),
+/// `ws_listener`, `tls_listener`, `wss_listener`), in any mix.
 pub struct ServerBuilder<L, C, F> {
     codec: C,
     factory: F,
-    binds: Vec<Result<Endpoint, Error>>,
+    binds: Vec<Result<Bind, Error>>,
     cfg: SessionConfig,
     max_sessions: usize,
     udp_max_sessions: usize,
@@ -61,6 +67,13 @@ pub struct ServerBuilder<L, C, F> {
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
     _listener: PhantomData<fn() -> L>,
+}
+
+/// Where a server serves: an address to bind when it starts, or a listener bound by the caller
+/// (with the endpoint it serves there).
+enum Bind {
+    Addr(Endpoint),
+    Listener(Endpoint, TcpListener),
 }
 
 /// The default of [`ServerBuilder::shared_budget`]: 256 MiB.
@@ -85,7 +98,7 @@ impl Server {
     pub fn builder<L, C, F>(codec: C, factory: F) -> ServerBuilder<L, C, F>
     where
         L: EventListener,
-        C: Codec<L::In, L::Out>,
+        C: Framing<L::In, L::Out>,
         F: Fn() -> L + Send + Sync + 'static,
     {
         ServerBuilder {
@@ -162,14 +175,87 @@ impl Server {
 impl<L, C, F> ServerBuilder<L, C, F>
 where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     F: Fn() -> L + Send + Sync + 'static,
 {
     /// Adds an address to listen on: `tcp://`, `udp://`, `ws://host:port/path`, and with the
     /// `tls` feature `tls://` and `wss://`. Port 0 picks a free port; read it back with
     /// [`Server::local_endpoints`].
     pub fn bind(mut self, url: &str) -> Self {
-        self.binds.push(Endpoint::parse(url));
+        self.binds.push(Endpoint::parse(url).map(Bind::Addr));
+        self
+    }
+
+    /// Serves plain TCP (`tcp://`) on `listener`, a socket bound and listening already: one
+    /// handed over by a process manager (socket activation), bound before privileges were
+    /// dropped, or bound by a test that needs the port first. The server accepts on it until
+    /// it shuts down, then drops it (closing the socket); [`Server::local_endpoints`] lists it
+    /// with its address. [`backlog`](Self::backlog) does not apply: the listener's own is
+    /// kept. A `std::net::TcpListener` becomes one with `set_nonblocking(true)` and
+    /// [`TcpListener::from_std`] (inside the runtime).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), qsocket::Error> {
+    /// # use qsocket::session::{Ctx, EventListener, Server};
+    /// # use bytes::{Bytes, BytesMut};
+    /// # #[derive(Default)] struct Echo;
+    /// # impl EventListener for Echo {
+    /// #     type In = BytesMut; type Out = Bytes;
+    /// #     async fn on_message(&mut self, ctx: &mut Ctx<'_, Bytes>, m: BytesMut) { ctx.send(m.freeze()) }
+    /// # }
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?; // known before the server starts
+    /// let server = Server::builder(tokio_util::codec::LengthDelimitedCodec::new(), Echo::default)
+    ///     .tcp_listener(listener)
+    ///     .start()
+    ///     .await?;
+    /// # let _ = (addr, server); Ok(()) }
+    /// ```
+    pub fn tcp_listener(self, listener: TcpListener) -> Self {
+        self.listener(Transport::Tcp, listener, "/")
+    }
+
+    /// Serves WebSocket (`ws://`) on `listener`, a socket bound and listening already, taking
+    /// upgrades for `path` only (others get 404): as [`tcp_listener`](Self::tcp_listener),
+    /// with the WebSocket handshake. `path` must start with `/` (else [`start`](Self::start)
+    /// fails).
+    #[cfg(feature = "ws")]
+    pub fn ws_listener(self, listener: TcpListener, path: &str) -> Self {
+        self.listener(Transport::Ws, listener, path)
+    }
+
+    /// Serves TLS over TCP (`tls://`) on `listener`, a socket bound and listening already: as
+    /// [`tcp_listener`](Self::tcp_listener), with the TLS configuration given to
+    /// [`tls`](Self::tls).
+    #[cfg(feature = "tls")]
+    pub fn tls_listener(self, listener: TcpListener) -> Self {
+        self.listener(Transport::Tls, listener, "/")
+    }
+
+    /// Serves WebSocket over TLS (`wss://`) on `listener`, a socket bound and listening
+    /// already, for `path` only: as [`ws_listener`](Self::ws_listener), with the TLS
+    /// configuration given to [`tls`](Self::tls).
+    #[cfg(all(feature = "ws", feature = "tls"))]
+    pub fn wss_listener(self, listener: TcpListener, path: &str) -> Self {
+        self.listener(Transport::Wss, listener, path)
+    }
+
+    /// Adds a listener bound by the caller, to serve `transport` on (`path`: WebSocket only).
+    fn listener(mut self, transport: Transport, listener: TcpListener, path: &str) -> Self {
+        let bind = if transport.is_ws() && !path.starts_with('/') {
+            Err(Error::Config(format!(
+                "the WebSocket path {path:?} must start with '/'"
+            )))
+        } else {
+            match listener.local_addr() {
+                Ok(addr) => Ok(Bind::Listener(
+                    Endpoint::from_addr(transport, addr, path),
+                    listener,
+                )),
+                Err(e) => Err(e.into()),
+            }
+        };
+        self.binds.push(bind);
         self
     }
 
@@ -255,7 +341,7 @@ where
         self
     }
 
-    /// Binds every address and starts serving.
+    /// Binds every address and starts serving there and on every listener handed over.
     pub async fn start(self) -> Result<Server, Error> {
         self.cfg.validate()?;
         for (name, n) in [
@@ -270,7 +356,9 @@ where
             }
         }
         if self.binds.is_empty() {
-            return Err(Error::Config("no address to bind: call bind(url)".into()));
+            return Err(Error::Config(
+                "nothing to serve on: call bind(url) or hand over a listener".into(),
+            ));
         }
         if self.shared_budget < self.cfg.min_budget() {
             return Err(Error::Config(format!(
@@ -281,7 +369,10 @@ where
         let binds = self.binds.into_iter().collect::<Result<Vec<_>, _>>()?;
         #[cfg(feature = "tls")]
         let tls = self.tls.map(tokio_rustls::TlsAcceptor::from);
-        for e in &binds {
+        for bind in &binds {
+            let e = match bind {
+                Bind::Addr(e) | Bind::Listener(e, _) => e,
+            };
             if e.transport().is_tls() {
                 #[cfg(feature = "tls")]
                 if tls.is_none() {
@@ -329,22 +420,28 @@ where
         });
         let backlog = self.backlog;
         let mut endpoints = Vec::with_capacity(binds.len());
-        for ep in binds {
-            let addr = ep.resolve().await?;
-            if ep.transport() == Transport::Udp {
-                let socket = Arc::new(UdpSocket::bind(addr).await?);
-                let local = socket.local_addr()?;
-                endpoints.push(Endpoint::from_addr(Transport::Udp, local, "/"));
-                ctl.tracker
-                    .spawn(udp_dispatch(socket, local, shared.clone()));
-            } else {
-                let listener = listen(addr, backlog)?;
-                let local = listener.local_addr()?;
-                let bound = Endpoint::from_addr(ep.transport(), local, ep.path());
-                endpoints.push(bound.clone());
-                ctl.tracker
-                    .spawn(accept_loop(listener, bound, shared.clone()));
-            }
+        for bind in binds {
+            let (bound, listener) = match bind {
+                Bind::Listener(bound, listener) => (bound, listener),
+                Bind::Addr(ep) => {
+                    let addr = ep.resolve().await?;
+                    if ep.transport() == Transport::Udp {
+                        let socket = Arc::new(UdpSocket::bind(addr).await?);
+                        let local = socket.local_addr()?;
+                        endpoints.push(Endpoint::from_addr(Transport::Udp, local, "/"));
+                        ctl.tracker
+                            .spawn(udp_dispatch(socket, local, shared.clone()));
+                        continue;
+                    }
+                    let listener = listen(addr, backlog)?;
+                    let local = listener.local_addr()?;
+                    let bound = Endpoint::from_addr(ep.transport(), local, ep.path());
+                    (bound, listener)
+                }
+            };
+            endpoints.push(bound.clone());
+            ctl.tracker
+                .spawn(accept_loop(listener, bound, shared.clone()));
         }
         tracing::info!(endpoints = ?endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(), "server started");
         Ok(Server { endpoints, ctl })
@@ -382,7 +479,7 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 async fn accept_loop<L, C, F>(listener: TcpListener, ep: Endpoint, shared: Arc<Shared<L, C, F>>)
 where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     F: Fn() -> L + Send + Sync + 'static,
 {
     loop {
@@ -458,7 +555,7 @@ async fn serve_conn<L, C, F>(
 ) -> Result<(), Error>
 where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     F: Fn() -> L + Send + Sync + 'static,
 {
     let _ = stream.set_nodelay(true);
@@ -572,7 +669,7 @@ async fn udp_dispatch<L, C, F>(
     shared: Arc<Shared<L, C, F>>,
 ) where
     L: EventListener,
-    C: Codec<L::In, L::Out>,
+    C: Framing<L::In, L::Out>,
     F: Fn() -> L + Send + Sync + 'static,
 {
     let mut scratch = vec![0u8; MAX_DATAGRAM + 1];

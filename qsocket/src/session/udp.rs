@@ -6,7 +6,7 @@ use super::budget::Mem;
 use super::handle::Session;
 use super::io::FrameSink;
 use super::queue;
-use super::runtime::{decode_all, wait_for_budget, Inbound, ReadLimits};
+use super::reader::{decode_all, wait_for_budget, Inbound, ReadLimits};
 use crate::Error;
 use bytes::BytesMut;
 use std::future::Future;
@@ -18,8 +18,15 @@ use std::task::{Context, Poll};
 use tokio::net::UdpSocket;
 use tokio_util::codec::Decoder;
 
-/// The largest UDP payload over IPv4.
-pub(crate) const MAX_DATAGRAM: usize = 65_507;
+/// The largest UDP payload over IPv4 (65,507 bytes): the largest frame a UDP session sends or
+/// receives, since each frame travels as one datagram.
+///
+/// A frame encoded larger than this (by [`Ctx::send`](super::Ctx::send) or
+/// [`Ctx::send_raw`](super::Ctx::send_raw)) is not sent: it is dropped and reported to
+/// [`on_error`](super::EventListener::on_error) as [`Error::FrameTooLarge`], and the session
+/// goes on. A protocol layer that must answer every request can check its frame against this
+/// limit before sending and send a smaller reply instead.
+pub const MAX_DATAGRAM: usize = 65_507;
 
 /// Sends each frame as one datagram.
 pub(crate) struct UdpSink {

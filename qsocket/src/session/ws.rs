@@ -6,7 +6,7 @@ use super::config::SessionConfig;
 use super::handle::{Gauge, Session};
 use super::io::{FrameSink, Stream};
 use super::queue;
-use super::runtime::{decode_all, wait_for_budget, Inbound, ReadLimits};
+use super::reader::{decode_all, wait_for_budget, Inbound, ReadLimits};
 use crate::Error;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};

@@ -13,11 +13,19 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod hash_ring;
+mod least_active;
+mod p2c;
+mod random;
 mod round_robin;
-// BALANCERS: hash_ring, least_active, p2c, random, weighted (WeightedRandom,
-// WeightedRoundRobin) are added here.
+mod weighted;
 
+pub use hash_ring::{HashRing, DEFAULT_REPLICAS};
+pub use least_active::LeastActive;
+pub use p2c::P2c;
+pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use weighted::{WeightedRandom, WeightedRoundRobin};
 
 /// Picks an instance for a call.
 ///
@@ -115,6 +123,43 @@ pub(crate) fn random_below(n: usize) -> usize {
     ((u128::from(random_u64()) * n as u128) >> 64) as usize
 }
 
+/// A uniform random index among the nodes `call` does not exclude (among all of them when it
+/// excludes every one). No allocation; one pass over `nodes` only when there are exclusions.
+pub(crate) fn random_allowed(call: &Pick<'_>, nodes: &[Node]) -> usize {
+    if !call.exclude.is_empty() {
+        let allowed = nodes.iter().filter(|n| !call.is_excluded(n)).count();
+        if allowed > 0 {
+            return nth_allowed(call, nodes, random_below(allowed));
+        }
+    }
+    random_below(nodes.len())
+}
+
+/// The index of the `k`-th (from 0) node of `nodes` that `call` does not exclude; 0 if there
+/// are not that many.
+pub(crate) fn nth_allowed(call: &Pick<'_>, nodes: &[Node], k: usize) -> usize {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !call.is_excluded(n))
+        .nth(k)
+        .map_or(0, |(i, _)| i)
+}
+
+/// Whether `a` and `b` hold the same nodes in the same order, as far as a balancer's state
+/// goes: the same [`Node`]s, or nodes of the same key, weight and endpoint. Compares the `Arc`s
+/// first, so a balancer that keeps clones of the nodes of its last rebuild checks a slice of
+/// those very nodes without reading them (a kept clone keeps its address from being reused).
+pub(crate) fn same_nodes(a: &[Node], b: &[Node]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            Arc::ptr_eq(&x.0, &y.0)
+                || (x.key() == y.key()
+                    && x.weight() == y.weight()
+                    && x.instance().endpoint() == y.instance().endpoint())
+        })
+}
+
 /// One live instance as a balancer sees it: the instance and its running state. Cheap to
 /// clone (one `Arc`).
 #[derive(Clone)]
@@ -123,7 +168,8 @@ pub struct Node(Arc<NodeInner>);
 struct NodeInner {
     key: u64,
     instance: Instance,
-    state: NodeState,
+    /// Shared with the nodes that replace this one when its instance changes.
+    state: Arc<NodeState>,
 }
 
 /// The running state of an instance, updated by the client around every call.
@@ -142,7 +188,16 @@ impl Node {
         Node(Arc::new(NodeInner {
             key,
             instance,
-            state: NodeState::default(),
+            state: Arc::default(),
+        }))
+    }
+
+    /// The same node (key and running state) with a changed instance (weight, tags …).
+    pub fn with_instance(&self, instance: Instance) -> Node {
+        Node(Arc::new(NodeInner {
+            key: self.0.key,
+            instance,
+            state: self.0.state.clone(),
         }))
     }
 
@@ -221,5 +276,160 @@ impl std::fmt::Debug for Node {
             .field("latency", &self.latency())
             .field("failures", &self.failures())
             .finish()
+    }
+}
+
+/// Helpers for the balancers' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Balancer, Instance, Node, Pick};
+
+    /// A node with `key`, at `127.0.0.1:(7000 + key)`, of weight `weight`.
+    pub(crate) fn node(key: u64, weight: u32) -> Node {
+        let url = format!("tcp://127.0.0.1:{}", 7000 + key);
+        Node::new(key, Instance::parse(&url).expect("endpoint").weight(weight))
+    }
+
+    /// Nodes with keys 0.. and the weights `weights`.
+    pub(crate) fn nodes(weights: &[u32]) -> Vec<Node> {
+        (0u64..).zip(weights).map(|(k, &w)| node(k, w)).collect()
+    }
+
+    /// A call with `hash_key` that excludes `exclude`.
+    pub(crate) fn call<'a>(hash_key: Option<u64>, exclude: &'a [u64]) -> Pick<'a> {
+        Pick {
+            service: "svc",
+            method: "m",
+            hash_key,
+            exclude,
+        }
+    }
+
+    /// How many of `picks` plain calls went to each node.
+    pub(crate) fn counts(b: &dyn Balancer, nodes: &[Node], picks: usize) -> Vec<usize> {
+        let mut counts = vec![0; nodes.len()];
+        for _ in 0..picks {
+            let i = b.pick(&call(None, &[]), nodes).expect("a pick");
+            counts[i] += 1;
+        }
+        counts
+    }
+
+    /// Asserts every count is within `tolerance` (a fraction of `total`) of its expected share
+    /// `total * weight / sum(weights)`.
+    pub(crate) fn assert_shares(counts: &[usize], weights: &[u32], tolerance: f64) {
+        let total: usize = counts.iter().sum();
+        let sum: u32 = weights.iter().sum();
+        for (i, (&c, &w)) in counts.iter().zip(weights).enumerate() {
+            let expected = f64::from(w) / f64::from(sum);
+            let got = c as f64 / total as f64;
+            assert!(
+                (got - expected).abs() <= tolerance,
+                "node {i}: share {got:.4}, expected {expected:.4} ± {tolerance} ({counts:?})"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{call, node, nodes};
+    use super::*;
+
+    fn all() -> Vec<Box<dyn Balancer>> {
+        vec![
+            Box::new(Random::new()),
+            Box::new(RoundRobin::new()),
+            Box::new(WeightedRoundRobin::new()),
+            Box::new(WeightedRandom::new()),
+            Box::new(LeastActive::new()),
+            Box::new(P2c::new()),
+            Box::new(HashRing::new()),
+        ]
+    }
+
+    #[test]
+    fn one_of_two_excluded_picks_the_other() {
+        for b in all() {
+            let set = nodes(&[100, 300]);
+            b.rebuild(&set);
+            for i in 0..200u64 {
+                let key = Some(hash_key(&i.to_le_bytes()));
+                let hash = if i % 2 == 0 { key } else { None };
+                assert_eq!(b.pick(&call(hash, &[0]), &set), Some(1), "{}", b.name());
+                assert_eq!(b.pick(&call(hash, &[1]), &set), Some(0), "{}", b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn all_excluded_falls_back_to_a_pick() {
+        for b in all() {
+            let set = nodes(&[100, 200, 300]);
+            b.rebuild(&set);
+            let mut seen = [false; 3];
+            for i in 0..600u64 {
+                let hash = (i % 2 == 0).then(|| hash_key(&i.to_le_bytes()));
+                let got = b.pick(&call(hash, &[0, 1, 2]), &set);
+                let got = got.unwrap_or_else(|| panic!("{} picked none", b.name()));
+                assert!(got < 3, "{}", b.name());
+                seen[got] = true;
+            }
+            // Only the fall back: every balancer still spreads calls over all of them.
+            assert!(seen.iter().all(|&s| s), "{}: {seen:?}", b.name());
+        }
+    }
+
+    #[test]
+    fn a_single_node_is_always_picked() {
+        for b in all() {
+            let set = vec![node(9, 100)];
+            b.rebuild(&set);
+            for i in 0..50u64 {
+                assert_eq!(b.pick(&call(Some(i), &[]), &set), Some(0), "{}", b.name());
+                assert_eq!(b.pick(&call(None, &[9]), &set), Some(0), "{}", b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn picks_without_a_rebuild() {
+        // A balancer never rebuilt, or rebuilt with another set, still picks within range.
+        for b in all() {
+            let set = nodes(&[100, 100, 100, 100]);
+            for i in 0..100u64 {
+                let got = b.pick(&call(Some(i), &[]), &set).expect("a pick");
+                assert!(got < set.len(), "{}", b.name());
+            }
+            b.rebuild(&set[..2]);
+            for i in 0..100u64 {
+                let got = b.pick(&call(Some(i), &[]), &set).expect("a pick");
+                assert!(got < set.len(), "{}", b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn same_nodes_compares_keys() {
+        let a = nodes(&[1, 2, 3]);
+        let b = nodes(&[1, 2, 3]);
+        assert!(same_nodes(&a, &a));
+        assert!(same_nodes(&a, &b));
+        assert!(!same_nodes(&a, &b[..2]));
+        assert!(!same_nodes(&a, &[a[0].clone(), a[2].clone(), a[1].clone()]));
+        assert!(!same_nodes(&a, &nodes(&[1, 2, 4])));
+    }
+
+    #[test]
+    fn random_allowed_skips_excluded() {
+        let set = nodes(&[1, 1, 1, 1]);
+        let mut seen = [0usize; 4];
+        for _ in 0..4000 {
+            seen[random_allowed(&call(None, &[1, 3]), &set)] += 1;
+        }
+        assert_eq!(seen[1] + seen[3], 0);
+        assert!(seen[0] > 1500 && seen[2] > 1500, "{seen:?}");
+        assert_eq!(nth_allowed(&call(None, &[0]), &set, 0), 1);
+        assert_eq!(nth_allowed(&call(None, &[0]), &set, 2), 3);
     }
 }

@@ -1,0 +1,567 @@
+//! The transport at the bottom of every client: it follows an instance source, keeps
+//! connections per instance, picks one through the balancer for each call, and sends the
+//! request as a frame on it.
+
+use super::super::balance::Node;
+use super::super::codec::Codec;
+use super::super::frame::{
+    control_frame_mut, encode_frame, kind, EncodeError, FrameCodec, Header, HEADER_LEN,
+};
+use super::super::instance::{InstanceSource, Snapshot};
+use super::super::metadata::MetadataMap;
+use super::super::status::{Code, Sent, Status};
+use super::conn::{ClientCodec, Conn};
+use super::layer::Invoke;
+use super::live::{ListenerParts, Live};
+use super::pending::{sweep, Pending};
+use super::request::{Request, Response};
+use super::RpcClientConfig;
+use crate::session::{Client, Endpoint, Transport, MAX_DATAGRAM};
+use crate::Error;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+#[cfg(feature = "tls")]
+pub(crate) type TlsOpt = Option<Arc<rustls::ClientConfig>>;
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsOpt = Option<()>;
+
+/// How long a removed instance's connections may take to finish the calls they carry.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// The transport of a client: connections per instance and the call path over them. It is the
+/// innermost [`Invoke`] of every [`RpcClient`](super::RpcClient). Cheap to clone.
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChanInner>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+pub(crate) struct ChanInner {
+    pub(crate) live: Arc<Live>,
+    pub(crate) cfg: RpcClientConfig,
+    endpoints: Mutex<Vec<EndpointConns>>,
+    /// Ends the task that follows the instance source, and the sweepers.
+    stop: CancellationToken,
+    tls: TlsOpt,
+    next_key: AtomicU64,
+}
+
+impl Drop for ChanInner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The sessions to one instance and the calls pending on them.
+struct EndpointConns {
+    key: u64,
+    instance: super::super::instance::Instance,
+    client: Option<Client<BytesMut>>,
+    pending: Arc<Pending>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Channel {
+    pub(crate) fn new(live: Arc<Live>, cfg: RpcClientConfig, tls: TlsOpt) -> Self {
+        Channel {
+            inner: Arc::new(ChanInner {
+                live,
+                cfg,
+                endpoints: Mutex::new(Vec::new()),
+                stop: CancellationToken::new(),
+                tls,
+                next_key: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Follows `source`: takes its current snapshot now, and every later one in the
+    /// background (when `background`) until the client is closed or dropped.
+    pub(crate) async fn follow(&self, source: &dyn InstanceSource, background: bool) {
+        let mut rx = source.subscribe();
+        let first = rx.borrow_and_update().clone();
+        self.sync(&first).await;
+        if !background {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let snapshot = rx.borrow_and_update().clone();
+                Channel { inner }.sync(&snapshot).await;
+            }
+        });
+    }
+
+    /// Makes the instances match `snapshot`: removed ones leave the pick set at once and drain
+    /// in the background; new ones start connecting; changed ones are updated in place. One
+    /// instance that cannot start does not stop the others.
+    async fn sync(&self, snapshot: &Snapshot) {
+        let inner = &self.inner;
+        let wanted = snapshot.instances();
+        let mut added = Vec::new();
+        {
+            let mut endpoints = lock(&inner.endpoints);
+            if inner.live.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            let (keep, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut *endpoints)
+                .into_iter()
+                .partition(|e| wanted.iter().any(|w| w.endpoint() == e.instance.endpoint()));
+            *endpoints = keep;
+            for gone in removed {
+                inner.live.remove(gone.key);
+                tokio::spawn(drain(gone));
+            }
+            for w in wanted {
+                if let Some(e) = endpoints
+                    .iter_mut()
+                    .find(|e| e.instance.endpoint() == w.endpoint())
+                {
+                    if &e.instance != w {
+                        e.instance = w.clone();
+                        inner.live.update(e.key, w.clone());
+                    }
+                    continue;
+                }
+                let key = inner.next_key.fetch_add(1, Ordering::Relaxed);
+                inner.live.add(Node::new(key, w.clone()));
+                let pending = Arc::new(Pending::new(inner.stop.child_token()));
+                endpoints.push(EndpointConns {
+                    key,
+                    instance: w.clone(),
+                    client: None,
+                    pending: pending.clone(),
+                });
+                added.push((key, w.endpoint().clone(), pending));
+            }
+        }
+        for (key, ep, pending) in added {
+            match self.start_instance(key, &ep, &pending).await {
+                Ok(client) => {
+                    let unused = {
+                        let mut endpoints = lock(&inner.endpoints);
+                        match endpoints.iter_mut().find(|e| e.key == key) {
+                            Some(e) if !inner.live.closed.load(Ordering::Relaxed) => {
+                                tokio::spawn(sweep(pending.clone()));
+                                e.client = Some(client);
+                                None
+                            }
+                            // Removed (or the client closed) while it started.
+                            _ => Some(client),
+                        }
+                    };
+                    if let Some(client) = unused {
+                        pending.stop.cancel();
+                        client.close(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %ep, error = %e, "rpc client: cannot use instance");
+                    inner.live.failed(key, format!("cannot use {ep}: {e}"));
+                }
+            }
+        }
+    }
+
+    async fn start_instance(
+        &self,
+        key: u64,
+        ep: &Endpoint,
+        pending: &Arc<Pending>,
+    ) -> Result<Client<BytesMut>, Error> {
+        let inner = &self.inner;
+        let cfg = &inner.cfg;
+        let udp = ep.transport() == Transport::Udp;
+        let codec = ClientCodec {
+            frames: FrameCodec::new(cfg.limits),
+            pending: pending.clone(),
+        };
+        let parts = ListenerParts {
+            live: inner.live.clone(),
+            key,
+            pending: pending.clone(),
+            heartbeat: cfg.heartbeat,
+            udp_cap: udp.then_some(cfg.udp_max_in_flight),
+        };
+        let mut session_cfg = cfg.session.clone();
+        session_cfg.cron_period = Some(cfg.heartbeat);
+        session_cfg.session_timeout = Some(cfg.heartbeat.saturating_mul(3));
+        session_cfg.max_frame_len = session_cfg.max_frame_len.max(cfg.limits.max_frame());
+        session_cfg.session_budget = session_cfg.session_budget.max(session_cfg.min_budget());
+        let live = Arc::downgrade(&inner.live);
+        let target = ep.to_string();
+        let b = Client::builder(&target, codec, move || parts.listener())
+            .sessions(cfg.sessions_per_endpoint)
+            .config(session_cfg)
+            .on_connect_error(move |e| {
+                if let Some(live) = live.upgrade() {
+                    live.failed(key, connect_failure(&target, e));
+                }
+            });
+        #[cfg(feature = "tls")]
+        let b = match &inner.tls {
+            Some(t) => b.tls(t.clone()),
+            None => b,
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = &inner.tls;
+        b.start().await
+    }
+
+    /// Waits until some instance is connected, up to the client's default timeout; fails with
+    /// `unavailable` and the causes if none is by then.
+    pub async fn ready(&self) -> Result<(), Status> {
+        let deadline = Instant::now() + self.inner.cfg.timeout;
+        let live = &self.inner.live;
+        loop {
+            let changed = live.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if live.any_live() {
+                return Ok(());
+            }
+            if live.closed.load(Ordering::Relaxed) {
+                return Err(Status::unavailable("client closed").with_sent(Sent::No));
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err(live
+                    .failure()
+                    .unwrap_or_else(|| {
+                        Status::unavailable("no connection to any instance within the timeout")
+                    })
+                    .with_sent(Sent::No));
+            }
+        }
+    }
+
+    /// How many instances are live now (connected, not draining).
+    pub fn live_instances(&self) -> usize {
+        self.inner.live.live_count()
+    }
+
+    /// Calls in flight on all connections.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.inner.endpoints)
+            .iter()
+            .map(|e| e.pending.len())
+            .sum()
+    }
+
+    /// Closes every connection (calls pending on them fail) and stops following the source.
+    pub async fn close(&self) {
+        let inner = &self.inner;
+        inner.live.closed.store(true, Ordering::Relaxed);
+        inner.stop.cancel();
+        let endpoints = std::mem::take(&mut *lock(&inner.endpoints));
+        for e in endpoints {
+            inner.live.remove(e.key);
+            if let Some(c) = e.client {
+                c.close(Duration::from_secs(5)).await;
+            }
+        }
+        inner.live.changed.notify_waiters();
+    }
+
+    /// A live instance and connection for `req`, waiting for one (up to the deadline) only
+    /// while some instance is still connecting for the first time, or when the call asks to.
+    async fn conn(&self, req: &Request<'_>) -> Result<(Node, Conn), Status> {
+        let live = &self.inner.live;
+        if let Some(c) = live.pick(req)? {
+            return Ok(c);
+        }
+        let wait = req.options.wait_for_connection || self.inner.cfg.wait_for_connection;
+        loop {
+            let changed = live.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(c) = live.pick(req)? {
+                return Ok(c);
+            }
+            if live.closed.load(Ordering::Relaxed) {
+                return Err(Status::unavailable("client closed").with_sent(Sent::No));
+            }
+            if !wait {
+                if let Some(st) = live.failure() {
+                    return Err(st);
+                }
+            }
+            if tokio::time::timeout_at(req.deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                let why = live
+                    .failure()
+                    .map(|s| format!(": {}", s.message()))
+                    .unwrap_or_default();
+                return Err(Status::unavailable(format!(
+                    "no connection to any instance before the deadline{why}"
+                ))
+                .with_sent(Sent::No));
+            }
+        }
+    }
+}
+
+/// The cause of a failed connection attempt, as calls report it.
+fn connect_failure(target: &str, e: &Error) -> String {
+    if let Error::Io(io) = e {
+        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            return format!("connection refused to {target}");
+        }
+    }
+    format!("cannot connect to {target}: {e}")
+}
+
+/// Lets a removed instance's connections finish the calls they carry, then closes them.
+async fn drain(gone: EndpointConns) {
+    let until = Instant::now() + DRAIN_GRACE;
+    while gone.pending.len() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(c) = gone.client {
+        c.close(Duration::from_secs(1)).await;
+    }
+    gone.pending.stop.cancel();
+}
+
+/// Removes a call from its pending table if it ends without a response (dropped, timed out)
+/// and tells the server, which may then stop working on it.
+struct CallGuard<'a> {
+    conn: &'a Conn,
+    node: &'a Node,
+    id: u64,
+    /// Still in the pending table.
+    armed: bool,
+    /// The request was queued on the connection (so the server may be working on it).
+    written: bool,
+    /// How the call ended, for the node's state: latency when answered, and whether the
+    /// instance did its part (a call given up by its caller counts as neither).
+    ended: (Option<Duration>, bool),
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.conn.pending.remove(self.id) && self.written {
+            let _ = self
+                .conn
+                .session
+                .try_send(control_frame_mut(kind::CANCEL, 0, self.id));
+        }
+        let (latency, ok) = self.ended;
+        self.node.end_call(latency, ok);
+        // The last call on a connection the server asked us to leave closes it.
+        let state = &self.conn.state;
+        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && state.draining.load(Ordering::Acquire)
+        {
+            self.conn.session.close();
+        }
+    }
+}
+
+impl Invoke for Channel {
+    async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
+        let cfg = &self.inner.cfg;
+        let (node, conn) = match self.conn(req).await {
+            Ok(c) => c,
+            Err(st) => {
+                req.instance = None;
+                return Err(st);
+            }
+        };
+        req.instance = Some(node.clone());
+        let oneway = req.options.oneway;
+        // One clock read for a first attempt: the typed front's.
+        let mut now = req.now.take().unwrap_or_else(Instant::now);
+        let udp = conn.session.transport() == Transport::Udp;
+        let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
+            Some(sem) => {
+                match tokio::time::timeout_at(req.deadline.into(), sem.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => {
+                        now = Instant::now();
+                        Some(p)
+                    }
+                    Ok(Err(_)) => {
+                        return Err(Status::unavailable("connection closed").with_sent(Sent::No))
+                    }
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "deadline passed waiting for a udp call slot",
+                        )
+                        .with_sent(Sent::No))
+                    }
+                }
+            }
+            None => None,
+        };
+        node.start_call();
+        conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        let id = if oneway {
+            0
+        } else {
+            conn.pending.insert(conn.session.id(), req.deadline)
+        };
+        let mut guard = CallGuard {
+            conn: &conn,
+            node: &node,
+            id,
+            armed: !oneway,
+            written: false,
+            ended: (None, true),
+        };
+        // A session that closed after we picked it has already failed its calls (or is about
+        // to, under the closed flag): do not wait on it.
+        if !oneway && conn.session.is_closed() {
+            guard.ended.1 = false;
+            return Err(Status::unavailable("connection closed").with_sent(Sent::No));
+        }
+        let remaining = req.deadline.saturating_duration_since(now);
+        if remaining.is_zero() {
+            return Err(
+                Status::deadline_exceeded("deadline passed before the request was sent")
+                    .with_sent(Sent::No),
+            );
+        }
+        // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
+        let timeout_ms = u32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
+        let h = Header {
+            kind: if oneway { kind::ONEWAY } else { kind::REQUEST },
+            codec: req.codec.id(),
+            id,
+            timeout_ms,
+            service: req.service,
+            method: req.method,
+            metadata: req.metadata.as_wire(),
+            ..Header::default()
+        };
+        let mut buf = BytesMut::with_capacity(
+            HEADER_LEN
+                + req.service.len()
+                + req.method.len()
+                + req.metadata.as_wire().len()
+                + req.body.len(),
+        );
+        let body = &req.body;
+        encode_frame(&mut buf, &h, &cfg.limits, |b| {
+            b.extend_from_slice(body);
+            Ok::<_, Status>(())
+        })
+        .map_err(|e| match e {
+            EncodeError::Body(st) => st,
+            EncodeError::Frame(e) => Status::invalid_argument(format!("request: {e}")),
+        })
+        .map_err(|st| st.with_sent(Sent::No))?;
+        if udp && buf.len() > MAX_DATAGRAM {
+            return Err(Status::resource_exhausted(format!(
+                "request of {} bytes does not fit in a UDP datagram ({} max)",
+                buf.len(),
+                MAX_DATAGRAM
+            ))
+            .with_sent(Sent::No));
+        }
+        let closed = || {
+            Status::unavailable("connection closed before the request was sent").with_sent(Sent::No)
+        };
+        // Queue without a timer when there is room (the usual case); wait, bounded by the
+        // deadline, only when the connection is behind.
+        guard.ended.1 = false;
+        match conn.session.try_send(buf) {
+            Ok(()) => {}
+            Err(crate::session::TrySendError::Closed(_)) => return Err(closed()),
+            Err(crate::session::TrySendError::Full(frame)) => {
+                match tokio::time::timeout_at(req.deadline.into(), conn.session.send(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(closed()),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "deadline passed before the request was sent",
+                        )
+                        .with_sent(Sent::No))
+                    }
+                }
+            }
+        }
+        guard.written = true;
+        if oneway {
+            guard.ended.1 = true;
+            return Ok(Response {
+                codec: req.codec,
+                ..Response::default()
+            });
+        }
+        // No timer per call: the instance's sweeper ends calls whose deadline has passed.
+        let outcome = std::future::poll_fn(|cx| conn.pending.poll_outcome(id, cx)).await;
+        // The slot is free once the outcome is taken.
+        guard.armed = false;
+        let frame = match outcome {
+            Ok(frame) => frame,
+            Err(st) => {
+                if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe {
+                    // Tell the server it may stop working on it.
+                    let _ = conn
+                        .session
+                        .try_send(control_frame_mut(kind::CANCEL, 0, id));
+                }
+                return Err(st);
+            }
+        };
+        let latency = Some(now.elapsed());
+        let yes = |st: Status| st.with_sent(Sent::Yes);
+        let metadata = if frame.metadata_bytes().is_empty() {
+            MetadataMap::new()
+        } else {
+            MetadataMap::from_wire(&frame.metadata_bytes())
+                .ok_or_else(|| yes(Status::internal("malformed metadata in the response")))?
+        };
+        if frame.status != 0 {
+            let code = Code::from_u16(frame.status);
+            // The instance answered; it did its part unless it says it cannot.
+            let failed = matches!(
+                code,
+                Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded
+            );
+            guard.ended = (latency, !failed);
+            let msg = String::from_utf8_lossy(&frame.body()).into_owned();
+            return Err(yes(Status::new(code, msg)));
+        }
+        let codec = Codec::from_id(frame.codec).ok_or_else(|| {
+            yes(Status::internal(format!(
+                "response in unknown codec {}",
+                frame.codec
+            )))
+        })?;
+        guard.ended = (latency, true);
+        Ok(Response {
+            codec,
+            body: frame.body(),
+            metadata,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! One connection of a client as the call path sees it, and the session codec of client
+//! connections, which completes a call right where its response is decoded.
+
+use super::super::frame::{kind, Frame, FrameCodec, FrameError};
+use super::pending::Pending;
+use crate::session::Session;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// The session codec of client connections: frames as [`FrameCodec`], except that a response
+/// completes its call at once, in the reader that decoded it, with no hand-off to another task.
+#[derive(Clone)]
+pub(crate) struct ClientCodec {
+    pub(crate) frames: FrameCodec,
+    pub(crate) pending: Arc<Pending>,
+}
+
+impl ClientCodec {
+    fn complete(&self, frame: Frame) -> Option<Frame> {
+        if frame.kind != kind::RESPONSE {
+            return Some(frame);
+        }
+        let id = frame.id;
+        self.pending.complete(id, Ok(frame));
+        None
+    }
+}
+
+impl tokio_util::codec::Decoder for ClientCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        while let Some(frame) = self.frames.decode(src)? {
+            if let Some(other) = self.complete(frame) {
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        while let Some(frame) = self.frames.decode_eof(src)? {
+            if let Some(other) = self.complete(frame) {
+                return Ok(Some(other));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A client session carries whole frames as the `BytesMut` they were encoded in: a request
+/// is never frozen into `Bytes` (which allocates when the buffer is not full), only copied
+/// into the write buffer.
+impl tokio_util::codec::Encoder<BytesMut> for ClientCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, frame: BytesMut, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        dst.extend_from_slice(&frame);
+        Ok(())
+    }
+}
+
+/// What the call path and a connection's listener share about that connection.
+pub(crate) struct ConnState {
+    /// Set by a GOAWAY: no new calls on this connection.
+    pub(crate) draining: AtomicBool,
+    /// Calls in flight on this connection.
+    pub(crate) in_flight: AtomicUsize,
+    /// UDP: caps the calls in flight (the rest wait for a permit).
+    pub(crate) permits: Option<Arc<Semaphore>>,
+}
+
+/// A live connection as the call path sees it (one `Arc`: a pick clones one pointer).
+#[derive(Clone)]
+pub(crate) struct Conn(pub(crate) Arc<ConnParts>);
+
+pub(crate) struct ConnParts {
+    pub(crate) session: Session<BytesMut>,
+    pub(crate) pending: Arc<Pending>,
+    pub(crate) state: Arc<ConnState>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = ConnParts;
+
+    fn deref(&self) -> &ConnParts {
+        &self.0
+    }
+}
+
+impl Conn {
+    /// Whether new calls may use it.
+    pub(crate) fn usable(&self) -> bool {
+        !self.session.is_closed()
+            && !self
+                .state
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,317 @@
+//! The live set of a client: its instances ([`Node`]s), the connections each has, and the
+//! snapshot that calls pick from. Connections join and leave it through their session
+//! listener; a dead, draining or removed instance leaves the pick set at once.
+
+use super::super::balance::{Balancer, Node, Pick};
+use super::super::frame::{control_frame_mut, kind, Frame, FLAG_REPLY};
+use super::super::instance::Instance;
+use super::super::status::{Sent, Status};
+use super::conn::{Conn, ConnParts, ConnState};
+use super::pending::Pending;
+use super::request::Request;
+use crate::session::{Ctx, EventListener, Session};
+use crate::Error;
+use bytes::BytesMut;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// One instance of the client and what is known of its connections.
+struct Member {
+    node: Node,
+    conns: Vec<Conn>,
+    /// Why the last connection attempt failed (cleared when a connection opens).
+    error: Option<String>,
+}
+
+/// What calls pick from: the instances with a usable connection, and those connections.
+#[derive(Default)]
+struct LiveSet {
+    nodes: Vec<Node>,
+    conns: Vec<Box<[Conn]>>,
+    /// Round robin over the connections of an instance that has several.
+    next: AtomicUsize,
+}
+
+/// The balancers of a client: one for every service, and overrides per service.
+pub(crate) struct Balancers {
+    pub(crate) default: Arc<dyn Balancer>,
+    pub(crate) per_service: Vec<(String, Arc<dyn Balancer>)>,
+}
+
+impl Balancers {
+    fn for_service(&self, service: &str) -> &Arc<dyn Balancer> {
+        if self.per_service.is_empty() {
+            return &self.default;
+        }
+        self.per_service
+            .iter()
+            .find(|(s, _)| s == service)
+            .map_or(&self.default, |(_, b)| b)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn Balancer>> {
+        std::iter::once(&self.default).chain(self.per_service.iter().map(|(_, b)| b))
+    }
+}
+
+/// The live set and the members it is made from, shared by the call path, the session
+/// listeners and the task that follows the instance source.
+pub(crate) struct Live {
+    members: Mutex<Vec<Member>>,
+    set: Mutex<Arc<LiveSet>>,
+    /// Notified whenever the live set or a member's error changes.
+    pub(crate) changed: Notify,
+    balancers: Balancers,
+    pub(crate) closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Live {
+    pub(crate) fn new(balancers: Balancers) -> Self {
+        Live {
+            members: Mutex::new(Vec::new()),
+            set: Mutex::new(Arc::new(LiveSet::default())),
+            changed: Notify::new(),
+            balancers,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds an instance (not live until a connection opens).
+    pub(crate) fn add(&self, node: Node) {
+        lock(&self.members).push(Member {
+            node,
+            conns: Vec::new(),
+            error: None,
+        });
+    }
+
+    /// Removes instance `key` from the pick set at once; whether it was there.
+    pub(crate) fn remove(&self, key: u64) -> bool {
+        let mut members = lock(&self.members);
+        let before = members.len();
+        members.retain(|m| m.node.key() != key);
+        let removed = members.len() != before;
+        if removed {
+            self.refresh(&members);
+        }
+        removed
+    }
+
+    /// Instance `key` changed its weight, group, version or tags.
+    pub(crate) fn update(&self, key: u64, instance: Instance) {
+        let mut members = lock(&self.members);
+        if let Some(m) = members.iter_mut().find(|m| m.node.key() == key) {
+            m.node = m.node.with_instance(instance);
+            self.refresh(&members);
+        }
+    }
+
+    /// A connection attempt to instance `key` failed.
+    pub(crate) fn failed(&self, key: u64, why: String) {
+        let mut members = lock(&self.members);
+        if let Some(m) = members.iter_mut().find(|m| m.node.key() == key) {
+            m.error = Some(why);
+        }
+        drop(members);
+        self.changed.notify_waiters();
+    }
+
+    fn opened(&self, key: u64, conn: Conn) {
+        let mut members = lock(&self.members);
+        if let Some(m) = members.iter_mut().find(|m| m.node.key() == key) {
+            m.conns.push(conn);
+            m.error = None;
+            self.refresh(&members);
+        }
+    }
+
+    fn closed_conn(&self, key: u64, session: u64) {
+        let mut members = lock(&self.members);
+        if let Some(m) = members.iter_mut().find(|m| m.node.key() == key) {
+            m.conns.retain(|c| c.session.id() != session);
+            self.refresh(&members);
+        }
+    }
+
+    /// A connection of instance `key` started draining (GOAWAY).
+    fn draining(&self) {
+        let members = lock(&self.members);
+        self.refresh(&members);
+    }
+
+    /// Rebuilds the pick set from `members` (called with the members locked, so rebuilds
+    /// happen in order) and wakes calls waiting for a connection.
+    fn refresh(&self, members: &[Member]) {
+        let mut set = LiveSet::default();
+        for m in members {
+            let usable: Box<[Conn]> = m.conns.iter().filter(|c| c.usable()).cloned().collect();
+            if !usable.is_empty() {
+                set.nodes.push(m.node.clone());
+                set.conns.push(usable);
+            }
+        }
+        for b in self.balancers.all() {
+            b.rebuild(&set.nodes);
+        }
+        *lock(&self.set) = Arc::new(set);
+        self.changed.notify_waiters();
+    }
+
+    /// Picks an instance and one of its connections for `req`: `Ok(None)` when no instance
+    /// is live now.
+    pub(crate) fn pick(&self, req: &Request<'_>) -> Result<Option<(Node, Conn)>, Status> {
+        let set = lock(&self.set).clone();
+        if set.nodes.is_empty() {
+            return Ok(None);
+        }
+        let balancer = self.balancers.for_service(req.service);
+        let call = Pick {
+            service: req.service,
+            method: req.method,
+            hash_key: req.hash_key,
+            exclude: &req.exclude,
+        };
+        let Some(i) = balancer.pick(&call, &set.nodes) else {
+            return Err(Status::unavailable(format!(
+                "balancer {} found no instance for {}.{}",
+                balancer.name(),
+                req.service,
+                req.method
+            ))
+            .with_sent(Sent::No));
+        };
+        let (Some(node), Some(conns)) = (set.nodes.get(i), set.conns.get(i)) else {
+            return Err(Status::internal(format!(
+                "balancer {} picked instance {i} of {}",
+                balancer.name(),
+                set.nodes.len()
+            ))
+            .with_sent(Sent::No));
+        };
+        let n = conns.len();
+        let start = if n == 1 {
+            0
+        } else {
+            set.next.fetch_add(1, Ordering::Relaxed)
+        };
+        let conn = (0..n).map(|k| &conns[(start + k) % n]).find(|c| c.usable());
+        Ok(conn.map(|c| (node.clone(), c.clone())))
+    }
+
+    /// Whether some instance is live.
+    pub(crate) fn any_live(&self) -> bool {
+        !lock(&self.set).nodes.is_empty()
+    }
+
+    /// How many instances are live.
+    pub(crate) fn live_count(&self) -> usize {
+        lock(&self.set).nodes.len()
+    }
+
+    /// Why no call can be sent now: every instance's last connection attempt failed (the
+    /// causes, by instance), or there are no instances. `None` while some instance has not
+    /// failed yet (it is connecting).
+    pub(crate) fn failure(&self) -> Option<Status> {
+        let members = lock(&self.members);
+        if members.is_empty() {
+            return Some(Status::unavailable("the client has no instances").with_sent(Sent::No));
+        }
+        if members.iter().any(|m| m.error.is_none()) {
+            return None;
+        }
+        let causes: Vec<&str> = members.iter().filter_map(|m| m.error.as_deref()).collect();
+        let shown = causes.len().min(3);
+        let mut msg = causes[..shown].join("; ");
+        if causes.len() > shown {
+            msg.push_str(&format!("; and {} more", causes.len() - shown));
+        }
+        Some(Status::unavailable(msg).with_sent(Sent::No))
+    }
+}
+
+/// Builds a connection's listener for instance `key`.
+pub(crate) struct ListenerParts {
+    pub(crate) live: Arc<Live>,
+    pub(crate) key: u64,
+    pub(crate) pending: Arc<Pending>,
+    pub(crate) heartbeat: Duration,
+    pub(crate) udp_cap: Option<usize>,
+}
+
+impl ListenerParts {
+    pub(crate) fn listener(&self) -> RpcClientListener {
+        RpcClientListener {
+            live: self.live.clone(),
+            key: self.key,
+            pending: self.pending.clone(),
+            state: Arc::new(ConnState {
+                draining: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                permits: self
+                    .udp_cap
+                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            }),
+            heartbeat: self.heartbeat,
+        }
+    }
+}
+
+/// The session listener of an RPC client connection.
+pub(crate) struct RpcClientListener {
+    live: Arc<Live>,
+    key: u64,
+    pending: Arc<Pending>,
+    state: Arc<ConnState>,
+    heartbeat: Duration,
+}
+
+impl EventListener for RpcClientListener {
+    type In = Frame;
+    type Out = BytesMut;
+
+    async fn on_open(&mut self, session: &Session<BytesMut>) -> Result<(), Error> {
+        let conn = Conn(Arc::new(ConnParts {
+            session: session.clone(),
+            pending: self.pending.clone(),
+            state: self.state.clone(),
+        }));
+        self.live.opened(self.key, conn);
+        Ok(())
+    }
+
+    async fn on_message(&mut self, ctx: &mut Ctx<'_, BytesMut>, frame: Frame) {
+        match frame.kind {
+            // Responses are completed by the codec; heartbeat replies only prove life.
+            kind::HEARTBEAT if frame.flags & FLAG_REPLY == 0 => {
+                ctx.send(control_frame_mut(kind::HEARTBEAT, FLAG_REPLY, frame.id));
+            }
+            kind::GOAWAY => {
+                tracing::debug!(session = ctx.session().id(), "server sent goaway");
+                self.state.draining.store(true, Ordering::Release);
+                self.live.draining();
+                if self.state.in_flight.load(Ordering::Acquire) == 0 {
+                    ctx.close();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_cron(&mut self, ctx: &mut Ctx<'_, BytesMut>) {
+        if ctx.session().idle_for() >= self.heartbeat {
+            ctx.send(control_frame_mut(kind::HEARTBEAT, 0, 0));
+        }
+    }
+
+    async fn on_close(&mut self, session: &Session<BytesMut>) {
+        self.live.closed_conn(self.key, session.id());
+        let status = Status::unavailable("connection closed").with_sent(Sent::Maybe);
+        self.pending.fail_session(session.id(), &status);
+    }
+}

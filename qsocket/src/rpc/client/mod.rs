@@ -1,0 +1,535 @@
+//! The RPC client. A typed front ([`RpcClient::call`], [`Call`]) encodes each message once
+//! into an untyped [`Request`], which flows through the client's layers ([`Invoke`],
+//! [`ClientLayer`]) down to the [`Channel`]: it picks an instance with the balancer and sends
+//! the request on one of that instance's connections. Many calls are in flight per connection,
+//! matched by request id in a pending table; deadlines travel to the server as time
+//! remaining; dropping a call cancels it.
+
+mod channel;
+mod conn;
+mod layer;
+mod live;
+mod pending;
+mod request;
+#[cfg(feature = "tower")]
+mod tower;
+
+pub use channel::Channel;
+pub use layer::{
+    layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, ClientLayer, DynInvoke, Identity, Invoke,
+    LayerFn, Stack,
+};
+pub use request::{CallOptions, Request, Response};
+#[cfg(feature = "tower")]
+pub use tower::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
+
+use super::balance::{hash_key, Balancer, RoundRobin};
+use super::codec::{unspoken, Codec, Message};
+use super::context::current_deadline;
+use super::frame::Limits;
+use super::instance::{Instance, InstanceSource, StaticInstances};
+use super::metadata::{MetadataMap, Reply};
+use super::status::{Sent, Status};
+use crate::session::SessionConfig;
+use crate::Error;
+use bytes::BytesMut;
+use live::{Balancers, Live};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings of an RPC client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RpcClientConfig {
+    /// Body codec of calls that do not choose one (when the message types speak it). Default
+    /// protobuf.
+    pub codec: Codec,
+    /// Deadline of calls that set none (and are not made inside a handler). Default 30 s.
+    pub timeout: Duration,
+    /// Sessions per instance. Default 1.
+    pub sessions_per_endpoint: usize,
+    /// A session with no traffic for this long sends a heartbeat; one silent for three times
+    /// as long is closed and replaced. Default 10 s.
+    pub heartbeat: Duration,
+    /// Calls in flight per UDP session; the rest wait. Default 64.
+    pub udp_max_in_flight: usize,
+    /// With no live connection, calls wait for one up to their deadline instead of failing
+    /// fast with `unavailable` once every instance has refused. Default false.
+    pub wait_for_connection: bool,
+    /// Frame size limits.
+    pub limits: Limits,
+    /// Session settings (its cron period and timeout are set from `heartbeat`).
+    pub session: SessionConfig,
+}
+
+impl Default for RpcClientConfig {
+    fn default() -> Self {
+        RpcClientConfig {
+            codec: Codec::Protobuf,
+            timeout: Duration::from_secs(30),
+            sessions_per_endpoint: 1,
+            heartbeat: Duration::from_secs(10),
+            udp_max_in_flight: 64,
+            wait_for_connection: false,
+            limits: Limits::default(),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// An RPC client: typed calls over a chain of layers `I` (by default none: the [`Channel`]
+/// itself). Cheap to clone.
+///
+/// ```no_run
+/// use qsocket::rpc::{RpcClient, Status};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = RpcClient::builder()
+///     .endpoint("tcp://127.0.0.1:7000")
+///     .endpoint("tcp://127.0.0.1:7001")
+///     .start()
+///     .await?;
+/// client.ready().await?; // optional: wait until some instance is connected
+/// let reply: String = client.call("greeter.Greeter", "Hello", &"qsocket".to_string()).await?;
+/// # Ok(()) }
+/// ```
+pub struct RpcClient<I = Channel> {
+    invoke: Arc<I>,
+    channel: Channel,
+    codec: Codec,
+    timeout: Duration,
+}
+
+impl<I> Clone for RpcClient<I> {
+    fn clone(&self) -> Self {
+        RpcClient {
+            invoke: self.invoke.clone(),
+            channel: self.channel.clone(),
+            codec: self.codec,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<I> std::fmt::Debug for RpcClient<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+impl RpcClient {
+    /// Starts building a client.
+    pub fn builder() -> RpcClientBuilder {
+        RpcClientBuilder {
+            instances: Vec::new(),
+            source: None,
+            cfg: RpcClientConfig::default(),
+            balancer: None,
+            per_service: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// A client of one endpoint URL with the default settings.
+    pub async fn connect(url: &str) -> Result<RpcClient, Error> {
+        RpcClient::builder().endpoint(url).start().await
+    }
+}
+
+impl<I: Invoke> RpcClient<I> {
+    /// A unary call with the client's default codec and timeout.
+    pub async fn call<Req: Message, Resp: Message>(
+        &self,
+        service: &str,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        self.request(service, method).call(req).await
+    }
+
+    /// A call with options: `client.request(svc, m).timeout(d).codec(Codec::Json).call(&req)`.
+    pub fn request<'a>(&'a self, service: &'a str, method: &'a str) -> Call<'a, I> {
+        Call {
+            client: self,
+            service,
+            method,
+            deadline: None,
+            codec: None,
+            metadata: MetadataMap::new(),
+            metadata_error: None,
+            hash_key: None,
+            options: CallOptions::default(),
+        }
+    }
+
+    /// Sends an untyped request through the client's layers (what [`Call`] does after
+    /// encoding).
+    pub async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
+        self.invoke.invoke(req).await
+    }
+
+    /// This client with one more layer on the outside: it sees every request first and every
+    /// outcome last. The connections are shared with `self`.
+    pub fn layer<L: ClientLayer<Arc<I>>>(&self, layer: L) -> RpcClient<L::Invoke> {
+        RpcClient {
+            invoke: Arc::new(layer.layer(self.invoke.clone())),
+            channel: self.channel.clone(),
+            codec: self.codec,
+            timeout: self.timeout,
+        }
+    }
+
+    /// This client with its layers' type erased (for clients chosen at run time).
+    pub fn boxed(&self) -> RpcClient<BoxInvoke> {
+        RpcClient {
+            invoke: Arc::new(BoxInvoke::new(self.invoke.clone())),
+            channel: self.channel.clone(),
+            codec: self.codec,
+            timeout: self.timeout,
+        }
+    }
+
+    /// The transport under the layers.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Waits until some instance is connected, up to the client's default timeout; fails with
+    /// `unavailable` and the causes if none is by then.
+    pub async fn ready(&self) -> Result<(), Status> {
+        self.channel.ready().await
+    }
+
+    /// Calls in flight on all connections.
+    pub fn in_flight(&self) -> usize {
+        self.channel.in_flight()
+    }
+
+    /// Closes every connection (calls pending on them fail) and stops following the instance
+    /// source.
+    pub async fn close(&self) {
+        self.channel.close().await
+    }
+}
+
+/// Builder of an [`RpcClient`] (see [`RpcClient::builder`]).
+pub struct RpcClientBuilder {
+    instances: Vec<Result<Instance, Error>>,
+    source: Option<Box<dyn InstanceSource>>,
+    cfg: RpcClientConfig,
+    balancer: Option<Arc<dyn Balancer>>,
+    per_service: Vec<(String, Arc<dyn Balancer>)>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl RpcClientBuilder {
+    /// Adds an instance by endpoint URL (`tcp://`, `udp://`, `ws://…/path`, `tls://`,
+    /// `wss://`).
+    pub fn endpoint(mut self, url: &str) -> Self {
+        self.instances.push(Instance::parse(url));
+        self
+    }
+
+    /// Adds an instance with its weight, group, version and tags.
+    pub fn instance(mut self, instance: Instance) -> Self {
+        self.instances.push(Ok(instance));
+        self
+    }
+
+    /// Takes the instances from a source that may change (an [`InstanceList`](super::InstanceList),
+    /// a registry) instead of a fixed list: instances that join are connected, those that
+    /// leave stop being picked at once and are closed once their calls end.
+    pub fn instances(mut self, source: impl InstanceSource) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The balancer of every service (default: [`RoundRobin`]).
+    pub fn balancer(mut self, balancer: impl Balancer) -> Self {
+        self.balancer = Some(Arc::new(balancer));
+        self
+    }
+
+    /// The balancer of one service, instead of the client's.
+    pub fn service_balancer(mut self, service: &str, balancer: impl Balancer) -> Self {
+        self.per_service.retain(|(s, _)| s != service);
+        self.per_service
+            .push((service.to_string(), Arc::new(balancer)));
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, cfg: RpcClientConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Default body codec.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.cfg.codec = codec;
+        self
+    }
+
+    /// Default call timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.timeout = timeout;
+        self
+    }
+
+    /// Sessions per instance.
+    pub fn sessions_per_endpoint(mut self, n: usize) -> Self {
+        self.cfg.sessions_per_endpoint = n;
+        self
+    }
+
+    /// Heartbeat interval of idle sessions.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.cfg.heartbeat = every;
+        self
+    }
+
+    /// Calls in flight per UDP session.
+    pub fn udp_max_in_flight(mut self, n: usize) -> Self {
+        self.cfg.udp_max_in_flight = n;
+        self
+    }
+
+    /// With no live connection, calls wait for one up to their deadline instead of failing
+    /// fast once every instance has refused.
+    pub fn wait_for_connection(mut self, wait: bool) -> Self {
+        self.cfg.wait_for_connection = wait;
+        self
+    }
+
+    /// Frame size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.cfg.limits = limits;
+        self
+    }
+
+    /// Session settings.
+    pub fn session_config(mut self, cfg: SessionConfig) -> Self {
+        self.cfg.session = cfg;
+        self
+    }
+
+    /// TLS for `tls://` and `wss://` endpoints.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Starts connecting to every instance (in the background: [`RpcClient::ready`] waits
+    /// for a connection; calls wait while instances are still connecting for the first time).
+    pub async fn start(self) -> Result<RpcClient, Error> {
+        let fixed = self.instances.into_iter().collect::<Result<Vec<_>, _>>()?;
+        if self.cfg.heartbeat.is_zero() || self.cfg.udp_max_in_flight == 0 {
+            return Err(Error::Config(
+                "heartbeat and udp_max_in_flight must be non-zero".into(),
+            ));
+        }
+        if self.cfg.sessions_per_endpoint == 0 {
+            return Err(Error::Config(
+                "sessions_per_endpoint must be at least 1".into(),
+            ));
+        }
+        let (source, background): (Box<dyn InstanceSource>, bool) = match self.source {
+            Some(s) if fixed.is_empty() => (s, true),
+            Some(_) => {
+                return Err(Error::Config(
+                    "an rpc client takes fixed endpoints or an instance source, not both".into(),
+                ))
+            }
+            None if fixed.is_empty() => {
+                return Err(Error::Config(
+                    "an rpc client needs at least one endpoint".into(),
+                ))
+            }
+            None => (Box::new(StaticInstances::new(fixed)), false),
+        };
+        let balancers = Balancers {
+            default: self.balancer.unwrap_or_else(|| Arc::new(RoundRobin::new())),
+            per_service: self.per_service,
+        };
+        #[cfg(feature = "tls")]
+        let tls = self.tls;
+        #[cfg(not(feature = "tls"))]
+        let tls = None::<()>;
+        let (codec, timeout) = (self.cfg.codec, self.cfg.timeout);
+        let channel = Channel::new(Arc::new(Live::new(balancers)), self.cfg, tls);
+        channel.follow(source.as_ref(), background).await;
+        Ok(RpcClient {
+            invoke: Arc::new(channel.clone()),
+            channel,
+            codec,
+            timeout,
+        })
+    }
+}
+
+/// One call being prepared (see [`RpcClient::request`]).
+#[must_use = "a call does nothing until `call`, `reply` or `oneway` is awaited"]
+pub struct Call<'a, I = Channel> {
+    client: &'a RpcClient<I>,
+    service: &'a str,
+    method: &'a str,
+    deadline: Option<Instant>,
+    codec: Option<Codec>,
+    metadata: MetadataMap,
+    metadata_error: Option<Status>,
+    hash_key: Option<u64>,
+    options: CallOptions,
+}
+
+impl<I: Invoke> Call<'_, I> {
+    /// Bounds the call by `timeout` from now.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(crate::session::deadline_after(Instant::now(), timeout));
+        self
+    }
+
+    /// Bounds the call by an absolute deadline.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The body codec of this call (refused with `invalid_argument` if the message types do
+    /// not speak it). By default the client's codec, or the first one both types speak.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// Adds a metadata entry (e.g. a trace id).
+    pub fn metadata(mut self, key: &str, value: impl AsRef<[u8]>) -> Self {
+        if let Err(e) = self.metadata.insert(key, value) {
+            self.metadata_error = Some(e);
+        }
+        self
+    }
+
+    /// A key for balancers that keep a key on one instance (e.g. [`HashRing`](super::balance::HashRing)).
+    pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.hash_key = Some(hash_key(key.as_ref()));
+        self
+    }
+
+    /// Marks the method as safe to run twice (strategies may retry it even after it may have
+    /// reached a server).
+    pub fn idempotent(mut self) -> Self {
+        self.options.idempotent = true;
+        self
+    }
+
+    /// With no live connection, waits for one up to the deadline instead of failing fast.
+    pub fn wait_for_connection(mut self) -> Self {
+        self.options.wait_for_connection = true;
+        self
+    }
+
+    /// The codec of this call for these message types.
+    fn pick_codec<Req: Message, Resp: Message>(&self) -> Result<Codec, Status> {
+        if let Some(c) = self.codec {
+            if !Req::speaks(c) {
+                return Err(unspoken::<Req>(c, Req::CODECS));
+            }
+            if !Resp::speaks(c) {
+                return Err(unspoken::<Resp>(c, Resp::CODECS));
+            }
+            return Ok(c);
+        }
+        let default = self.client.codec;
+        if Req::speaks(default) && Resp::speaks(default) {
+            return Ok(default);
+        }
+        Req::CODECS
+            .iter()
+            .copied()
+            .find(|c| Resp::speaks(*c))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{} and {} speak no codec in common",
+                    std::any::type_name::<Req>(),
+                    std::any::type_name::<Resp>()
+                ))
+            })
+    }
+
+    /// Encodes `msg` and sends it through the client's layers.
+    async fn send<Req: Message, Resp: Message>(
+        self,
+        msg: &Req,
+        oneway: bool,
+    ) -> Result<Response, Status> {
+        let no = |st: Status| st.with_sent(Sent::No);
+        if let Some(e) = self.metadata_error {
+            return Err(no(e));
+        }
+        let codec = self.pick_codec::<Req, Resp>().map_err(no)?;
+        let mut body = BytesMut::with_capacity(msg.size_hint(codec));
+        msg.encode_body(codec, &mut body).map_err(no)?;
+        // One clock read per call: the deadline and the time remaining both come from it.
+        let now = Instant::now();
+        let own = self
+            .deadline
+            .unwrap_or_else(|| crate::session::deadline_after(now, self.client.timeout));
+        let deadline = match current_deadline() {
+            Some(inherited) if inherited < own => inherited,
+            _ => own,
+        };
+        let mut options = self.options;
+        options.oneway = oneway;
+        let mut req = Request {
+            service: self.service,
+            method: self.method,
+            codec,
+            deadline,
+            metadata: self.metadata,
+            body: body.freeze(),
+            hash_key: self.hash_key,
+            options,
+            exclude: Vec::new(),
+            instance: None,
+            now: Some(now),
+        };
+        self.client.invoke.invoke(&mut req).await
+    }
+
+    /// Sends the request and waits for the response.
+    pub async fn call<Req: Message, Resp: Message>(self, req: &Req) -> Result<Resp, Status> {
+        let resp = self.send::<Req, Resp>(req, false).await?;
+        decode::<Resp>(resp.codec, resp.body)
+    }
+
+    /// Sends the request and waits for the response and its metadata.
+    pub async fn reply<Req: Message, Resp: Message>(
+        self,
+        req: &Req,
+    ) -> Result<Reply<Resp>, Status> {
+        let resp = self.send::<Req, Resp>(req, false).await?;
+        Ok(Reply {
+            body: decode::<Resp>(resp.codec, resp.body)?,
+            metadata: resp.metadata,
+        })
+    }
+
+    /// Sends the request without waiting for any response (a oneway call). Returns once the
+    /// request is queued on a connection.
+    pub async fn oneway<Req: Message>(self, req: &Req) -> Result<(), Status> {
+        self.send::<Req, ()>(req, true).await.map(|_| ())
+    }
+}
+
+/// Decodes a response body; a failure says the request was answered.
+fn decode<Resp: Message>(codec: Codec, body: bytes::Bytes) -> Result<Resp, Status> {
+    if !Resp::speaks(codec) {
+        return Err(unspoken::<Resp>(codec, Resp::CODECS).with_sent(Sent::Yes));
+    }
+    Resp::decode_body(codec, body)
+        .map_err(|e| Status::internal(format!("response: {}", e.message())).with_sent(Sent::Yes))
+}

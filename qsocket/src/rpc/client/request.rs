@@ -1,0 +1,89 @@
+//! The untyped request and response that flow through client layers: a call after its typed
+//! front has encoded the message, before the transport frames it.
+
+use super::super::balance::Node;
+use super::super::codec::Codec;
+use super::super::metadata::MetadataMap;
+use bytes::Bytes;
+use std::time::Instant;
+
+/// One call on its way out: names, codec, deadline, metadata, the encoded body, and what the
+/// layers below need to route it. A layer may read and change any of it; a layer that retries
+/// calls the next layer again with the same request (the body is re-sent, not re-encoded).
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The service called.
+    pub service: &'a str,
+    /// The method called.
+    pub method: &'a str,
+    /// The body's codec.
+    pub codec: Codec,
+    /// When the caller stops waiting (the time remaining travels to the server).
+    pub deadline: Instant,
+    /// Metadata sent with the request.
+    pub metadata: MetadataMap,
+    /// The encoded message.
+    pub body: Bytes,
+    /// For balancers that keep a key on one instance (see [`balance::hash_key`](super::super::balance::hash_key)).
+    pub hash_key: Option<u64>,
+    /// Per-call options.
+    pub options: CallOptions,
+    /// Instances ([`Node::key`]) the balancer should avoid (a failover adds the ones it tried).
+    pub exclude: Vec<u64>,
+    /// The instance the last attempt was sent to, set by the transport (`None` if no instance
+    /// was picked).
+    pub instance: Option<Node>,
+    /// The clock reading the typed front took (saves the transport reading it again on a
+    /// first attempt).
+    pub(crate) now: Option<Instant>,
+}
+
+impl<'a> Request<'a> {
+    /// A request of `service.method` carrying `body` in `codec`, due by `deadline`.
+    pub fn new(
+        service: &'a str,
+        method: &'a str,
+        codec: Codec,
+        body: Bytes,
+        deadline: Instant,
+    ) -> Self {
+        Request {
+            service,
+            method,
+            codec,
+            deadline,
+            metadata: MetadataMap::new(),
+            body,
+            hash_key: None,
+            options: CallOptions::default(),
+            exclude: Vec::new(),
+            instance: None,
+            now: None,
+        }
+    }
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// A oneway call: no response is expected; it ends once the request is queued.
+    pub oneway: bool,
+    /// The method can safely run twice (strategies may retry it even after it may have
+    /// reached a server).
+    pub idempotent: bool,
+    /// With no live connection, wait for one up to the deadline instead of failing fast with
+    /// `unavailable` once every instance has refused.
+    pub wait_for_connection: bool,
+}
+
+/// The answer to a call, before its typed front decodes it.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    /// The body's codec.
+    pub codec: Codec,
+    /// The encoded message (empty for a oneway call).
+    pub body: Bytes,
+    /// Metadata the server sent with the response.
+    pub metadata: MetadataMap,
+}
