@@ -91,11 +91,9 @@ async fn budget_server(events: &Events) -> (Server, SocketAddr, Sessions) {
 
 /// A 4 MiB session budget, 1 MiB frames.
 fn four_mib_budget() -> SessionConfig {
-    SessionConfig {
-        session_budget: 4 * MIB,
-        max_frame_len: MIB + 4,
-        ..SessionConfig::default()
-    }
+    SessionConfig::default()
+        .session_budget(4 * MIB)
+        .max_frame_len(MIB + 4)
 }
 
 /// A length-delimited frame of `len` bytes.
@@ -217,11 +215,9 @@ impl EventListener for Stuck {
 async fn a_fin_while_the_session_is_paused_ends_it() {
     let events = Events::default();
     let ev = events.clone();
-    let cfg = SessionConfig {
-        session_budget: MIB,
-        max_frame_len: 64 * 1024,
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default()
+        .session_budget(MIB)
+        .max_frame_len(64 * 1024);
     let server = Server::builder(codec(), move || Stuck(ev.clone()))
         .bind("tcp://127.0.0.1:0")
         .config(cfg)
@@ -393,11 +389,7 @@ async fn an_rpc_session_paused_by_its_in_flight_limit_notices_a_fin() {
     let defaults = RpcServerConfig::default();
     let cfg = RpcServerConfig::default()
         .max_in_flight(2)
-        .session(SessionConfig {
-            recv_queue: 2,
-            session_timeout: None,
-            ..defaults.session.clone()
-        });
+        .session(defaults.session.clone().recv_queue(2).session_timeout(None));
     let (server, addr) = rpc_server(cfg).await;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut all = BytesMut::new();
@@ -569,11 +561,9 @@ async fn one_datagram_peers_cannot_lock_new_udp_peers_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_messages_still_arriving_count_against_the_budgets() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        session_budget: 2 * MIB,
-        max_frame_len: 2 * MIB - 64 * 1024,
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default()
+        .session_budget(2 * MIB)
+        .max_frame_len(2 * MIB - 64 * 1024);
     let (server, addr, sessions) =
         keeper_server(&events, "ws://127.0.0.1:0/ws", cfg, Some(2 * MIB)).await;
     // Two peers each send all but the last byte of a message of almost 2 MiB: together more
@@ -693,13 +683,11 @@ async fn a_session_paused_by_its_own_listener_is_not_cut_by_the_read_timeout() {
     let events = Events::default();
     let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (ev, op) = (events.clone(), open.clone());
-    let cfg = SessionConfig {
-        session_budget: 256 * 1024,
-        max_frame_len: 64 * 1024,
-        read_timeout: Some(Duration::from_millis(200)),
-        cron_period: Some(Duration::from_millis(20)),
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default()
+        .session_budget(256 * 1024)
+        .max_frame_len(64 * 1024)
+        .read_timeout(Some(Duration::from_millis(200)))
+        .cron_period(Some(Duration::from_millis(20)));
     let server = Server::builder(codec(), move || Gated {
         open: op.clone(),
         events: ev.clone(),
@@ -741,12 +729,10 @@ async fn a_session_paused_by_its_own_listener_is_not_cut_by_the_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_frames_beyond_the_shared_budget_complete_in_turn() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        session_budget: 2 * MIB,
-        max_frame_len: MIB + 4,
-        read_timeout: Some(Duration::from_secs(10)),
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default()
+        .session_budget(2 * MIB)
+        .max_frame_len(MIB + 4)
+        .read_timeout(Some(Duration::from_secs(10)));
     let server = Server::builder(codec(), echo_factory(&events))
         .bind("tcp://127.0.0.1:0")
         .config(cfg)
@@ -792,11 +778,9 @@ async fn a_largest_frame_arrives_whole_with_the_smallest_budget() {
     let events = Events::default();
     // The least budget the builders take: the largest frame plus 64 KiB. The reader's buffer
     // may reach the budget before the frame is in: what it already holds must still fill.
-    let cfg = SessionConfig {
-        max_frame_len: MIB + 4,
-        session_budget: MIB + 4 + 64 * 1024,
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default()
+        .max_frame_len(MIB + 4)
+        .session_budget(MIB + 4 + 64 * 1024);
     let server = Server::builder(codec(), echo_factory(&events))
         .bind("tcp://127.0.0.1:0")
         .config(cfg)

@@ -148,11 +148,12 @@ async fn tls_client_without_the_right_root_is_refused() {
         Forward(tx.clone())
     })
     .tls(qsocket::session::tls::client_config(other_cert.as_bytes()).expect("tls"))
-    .backoff(Backoff {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(20),
-        max_attempts: Some(2),
-    })
+    .backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(10))
+            .max(Duration::from_millis(20))
+            .max_attempts(Some(2)),
+    )
     .start()
     .await
     .expect("client");
@@ -267,10 +268,8 @@ async fn send_on_closed_session_errors_and_attributes_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_server_keeps_one_session_per_peer_and_expires_idle_ones() {
     let events = Events::default();
-    let cfg = qsocket::session::SessionConfig {
-        udp_idle_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let cfg =
+        qsocket::session::SessionConfig::default().udp_idle_timeout(Duration::from_millis(300));
     let server = Server::builder(codec(), echo_factory(&events))
         .bind("udp://127.0.0.1:0")
         .config(cfg)
@@ -341,11 +340,10 @@ async fn mutual_tls_requires_a_client_certificate() {
         "tls://localhost:{}",
         server.local_addr(Transport::Tls).expect("tls").port()
     );
-    let quick = Backoff {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(20),
-        max_attempts: Some(2),
-    };
+    let quick = Backoff::default()
+        .initial(Duration::from_millis(10))
+        .max(Duration::from_millis(20))
+        .max_attempts(Some(2));
 
     // With its certificate: served.
     let with_id = qsocket::session::tls::client_config_with_identity(

@@ -47,10 +47,7 @@ async fn tcp_server(events: &Events, cfg: SessionConfig) -> (Server, SocketAddr)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_fires_every_period() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        cron_period: Some(Duration::from_millis(30)),
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default().cron_period(Some(Duration::from_millis(30)));
     let (server, addr) = tcp_server(&events, cfg).await;
     let _conn = TcpStream::connect(addr).await.expect("connect");
     events
@@ -64,10 +61,7 @@ async fn cron_fires_every_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_session_times_out_and_active_ones_do_not() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        session_timeout: Some(Duration::from_millis(300)),
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default().session_timeout(Some(Duration::from_millis(300)));
     let (server, addr) = tcp_server(&events, cfg).await;
     let mut idle = TcpStream::connect(addr).await.expect("connect");
     assert!(closed_by_peer(&mut idle).await);
@@ -120,10 +114,7 @@ async fn garbage_closes_only_the_sending_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_is_refused_before_it_is_buffered() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        max_frame_len: 4096,
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default().max_frame_len(4096);
     let (server, addr) = tcp_server(&events, cfg).await;
     let mut good = TcpStream::connect(addr).await.expect("connect");
     let mut big = TcpStream::connect(addr).await.expect("connect");
@@ -151,10 +142,7 @@ async fn oversized_frame_is_refused_before_it_is_buffered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_frame_that_stalls_hits_the_read_timeout() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        read_timeout: Some(Duration::from_millis(200)),
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default().read_timeout(Some(Duration::from_millis(200)));
     let (server, addr) = tcp_server(&events, cfg).await;
     let mut slow = TcpStream::connect(addr).await.expect("connect");
     slow.write_all(&frame(b"complete")[..6])
@@ -204,12 +192,11 @@ async fn last_frame_before_eof_is_delivered_and_reset_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_pings_keep_a_session_alive_and_a_silent_peer_is_closed() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        ws_ping_period: Duration::from_millis(100),
-        // Ten ping periods: generous for a busy CI machine, still short for the silent peer.
-        session_timeout: Some(Duration::from_millis(1000)),
-        ..SessionConfig::default()
-    };
+    // A session timeout of ten ping periods: generous for a busy CI machine, still short for
+    // the silent peer.
+    let cfg = SessionConfig::default()
+        .ws_ping_period(Duration::from_millis(100))
+        .session_timeout(Some(Duration::from_millis(1000)));
     let server = Server::builder(codec(), echo_factory(&events))
         .bind("ws://127.0.0.1:0/ws")
         .config(cfg.clone())
@@ -396,11 +383,12 @@ async fn client_reconnects_after_the_server_restarts() {
     let client = Client::builder(&format!("tcp://{addr}"), codec(), move || {
         Forward(tx.clone())
     })
-    .backoff(Backoff {
-        initial: Duration::from_millis(20),
-        max: Duration::from_millis(200),
-        max_attempts: None,
-    })
+    .backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(20))
+            .max(Duration::from_millis(200))
+            .max_attempts(None),
+    )
     .start()
     .await
     .expect("client");
@@ -455,11 +443,12 @@ async fn client_gives_up_after_its_attempt_limit() {
         Forward(tx.clone())
     })
     .sessions(3)
-    .backoff(Backoff {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(20),
-        max_attempts: Some(3),
-    })
+    .backoff(
+        Backoff::default()
+            .initial(Duration::from_millis(5))
+            .max(Duration::from_millis(20))
+            .max_attempts(Some(3)),
+    )
     .start()
     .await
     .expect("client");
@@ -509,11 +498,10 @@ async fn client_with(addr: SocketAddr, backoff: Backoff) -> Client<Bytes> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
     let (addr, accepted, server) = short_lived_server(None).await;
-    let backoff = Backoff {
-        initial: Duration::from_millis(5),
-        max: Duration::from_secs(5),
-        max_attempts: Some(3),
-    };
+    let backoff = Backoff::default()
+        .initial(Duration::from_millis(5))
+        .max(Duration::from_secs(5))
+        .max_attempts(Some(3));
     let client = client_with(addr, backoff).await;
     within("gives up", async {
         while !matches!(client.session().await, Err(qsocket::Error::ClientClosed)) {
@@ -533,11 +521,10 @@ async fn attempt_limit_counts_sessions_a_server_drops_at_once() {
 async fn attempt_limit_does_not_count_short_sessions_that_received_data() {
     // Short but healthy sessions: the server greets each connection, then closes it.
     let (addr, accepted, server) = short_lived_server(Some(b"hello")).await;
-    let backoff = Backoff {
-        initial: Duration::from_millis(5),
-        max: Duration::from_millis(50),
-        max_attempts: Some(2),
-    };
+    let backoff = Backoff::default()
+        .initial(Duration::from_millis(5))
+        .max(Duration::from_millis(50))
+        .max_attempts(Some(2));
     let client = client_with(addr, backoff).await;
     eventually("keeps reconnecting past the attempt limit", move || {
         accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5
@@ -571,10 +558,7 @@ async fn session_limit_refuses_extra_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_trickled_in_byte_by_byte_still_hits_the_read_timeout() {
     let events = Events::default();
-    let cfg = SessionConfig {
-        read_timeout: Some(Duration::from_millis(300)),
-        ..SessionConfig::default()
-    };
+    let cfg = SessionConfig::default().read_timeout(Some(Duration::from_millis(300)));
     let (server, addr) = tcp_server(&events, cfg).await;
     let mut slow = TcpStream::connect(addr).await.expect("connect");
     slow.write_all(&1000u32.to_be_bytes())

@@ -7,12 +7,16 @@
 //! p50, p99, the ratio to the baseline of the same round, each process's CPU use, and heap
 //! allocations per call on each side (a counting global allocator).
 //!
+//! `qsocket-layers3` and `qsocket-tower` ([`Imp::QsocketLayered`]) run only when named with
+//! `--impls`: `qsocket` with layers that do nothing, for what the layer seams cost.
+//!
 //! `compare-idle`: server RSS growth over 10,000 idle connections (one call on each first),
 //! per connection.
 //!
 //! `load IMP ADDR N SECS --calls C` (used by `costs`): exactly C calls shared by the N callers,
 //! no warm-up, SECS as the time limit.
 
+use crate::impl_qsocket::Layers;
 use crate::{impl_baseline, impl_qsocket, Error, ALLOCS, PAYLOAD};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -28,6 +32,17 @@ use std::time::{Duration, Instant};
 pub enum Imp {
     /// qsocket RPC over a transport with a codec.
     Qsocket(&'static str, Codec),
+    /// `qsocket` (TCP + protobuf) with layers that do nothing: what the layer seams cost.
+    ///
+    /// * `qsocket-layers3` ([`Layers::Noop3`]): the client has three no-op client layers, each
+    ///   a generic `Invoke` wrapper that awaits the inner invoker (`client.layer(..)` three
+    ///   times: three more futures and `Arc` hops per call); the server has three no-op
+    ///   `ServerLayer`s with `OBSERVES = true` (`RpcServerBuilder::layer` three times), so it
+    ///   reads the clock for every call's latency as a statistics layer makes it do.
+    /// * `qsocket-tower` ([`Layers::Tower`]): the client has one hand-written tower layer whose
+    ///   service forwards `poll_ready` and `call`, through `qsocket::rpc::TowerLayer` (the
+    ///   adapter copies the names into owned strings and boxes each call); no server layers.
+    QsocketLayered(Layers),
     /// The hand-written limit.
     Baseline,
     /// tarpc (bincode over TCP).
@@ -48,6 +63,12 @@ impl Imp {
         Imp::Tonic,
     ];
 
+    /// Implementations that run only when named with `--impls`.
+    pub const EXTRA: [Imp; 2] = [
+        Imp::QsocketLayered(Layers::Noop3),
+        Imp::QsocketLayered(Layers::Tower),
+    ];
+
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -55,16 +76,19 @@ impl Imp {
             Imp::Qsocket("tcp", Codec::Json) => "qsocket-json",
             Imp::Qsocket("udp", _) => "qsocket-udp",
             Imp::Qsocket(_, _) => "qsocket-ws",
+            Imp::QsocketLayered(Layers::Noop3) => "qsocket-layers3",
+            Imp::QsocketLayered(Layers::Tower) => "qsocket-tower",
             Imp::Baseline => "baseline",
             Imp::Tarpc => "tarpc",
             Imp::Tonic => "tonic",
         }
     }
 
-    /// The implementation named `s`.
+    /// The implementation named `s` (in [`Imp::ALL`] or [`Imp::EXTRA`]).
     pub fn parse(s: &str) -> Result<Imp, Error> {
         Imp::ALL
             .into_iter()
+            .chain(Imp::EXTRA)
             .find(|i| i.name() == s)
             .ok_or_else(|| format!("unknown implementation {s:?}").into())
     }
@@ -105,6 +129,8 @@ fn rss_kib() -> u64 {
 #[derive(Clone)]
 enum AnyClient {
     Qsocket(impl_qsocket::Client),
+    QsocketNoop3(impl_qsocket::Client<impl_qsocket::Noop3Invoke>),
+    QsocketTower(impl_qsocket::Client<impl_qsocket::TowerInvoke>),
     Baseline(impl_baseline::Client),
     Tarpc(crate::impl_tarpc::Client),
     Tonic(crate::impl_tonic::Client),
@@ -115,6 +141,12 @@ impl AnyClient {
         Ok(match imp {
             Imp::Qsocket(_, codec) => {
                 AnyClient::Qsocket(impl_qsocket::Client::connect(addr, codec).await?)
+            }
+            Imp::QsocketLayered(Layers::Noop3) => {
+                AnyClient::QsocketNoop3(impl_qsocket::connect_noop3(addr).await?)
+            }
+            Imp::QsocketLayered(Layers::Tower) => {
+                AnyClient::QsocketTower(impl_qsocket::connect_tower(addr).await?)
             }
             Imp::Baseline => {
                 AnyClient::Baseline(impl_baseline::Client::connect(addr.parse()?).await?)
@@ -131,6 +163,8 @@ impl AnyClient {
     async fn call(&self, payload: Bytes) -> Result<Bytes, Error> {
         match self {
             AnyClient::Qsocket(c) => c.call(payload).await,
+            AnyClient::QsocketNoop3(c) => c.call(payload).await,
+            AnyClient::QsocketTower(c) => c.call(payload).await,
             AnyClient::Baseline(c) => c.call(payload).await,
             AnyClient::Tarpc(c) => c.call(payload).await,
             AnyClient::Tonic(c) => c.call(payload).await,
@@ -151,6 +185,12 @@ pub fn serve_main(imp: Imp) -> Result<(), Error> {
                     t => format!("{t}://127.0.0.1:0"),
                 };
                 let server = impl_qsocket::serve(&url).await?;
+                let ep = server.local_endpoints()[0].to_string();
+                _keep = Some(server);
+                ep
+            }
+            Imp::QsocketLayered(layers) => {
+                let server = impl_qsocket::serve_layered("tcp://127.0.0.1:0", layers).await?;
                 let ep = server.local_endpoints()[0].to_string();
                 _keep = Some(server);
                 ep

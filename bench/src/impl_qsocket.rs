@@ -1,8 +1,18 @@
 //! qsocket through its public typed RPC API: `bench.Echo/Echo` with a 64-byte `Bytes` payload,
 //! a deadline on every call, service + method dispatch — the path a user's call takes.
+//!
+//! With [`Layers`], the same over TCP + protobuf with layers that do nothing, to measure what
+//! the layer seams cost: three no-op client layers and three observing no-op server layers
+//! ([`Layers::Noop3`]), or one tower layer on the client through [`TowerLayer`]
+//! ([`Layers::Tower`]).
 
 use bytes::Bytes;
-use qsocket::rpc::{CallContext, Codec, Router, RpcClient, RpcServer, Service, Status};
+use qsocket::rpc::{
+    Admit, CallContext, Channel, ClientLayer, Codec, FromTower, Invoke, Request, Response, Router,
+    RpcClient, RpcServer, ServerLayer, Service, Status, TowerInner, TowerLayer,
+};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Errors of the benchmark implementations.
@@ -18,34 +28,157 @@ pub struct EchoMsg {
     pub payload: Bytes,
 }
 
-/// Starts the server on `url` (port 0 allowed); returns it (for its bound endpoints).
-pub async fn serve(url: &str) -> Result<RpcServer, Error> {
+/// Layers that do nothing, put on a TCP + protobuf client and server to measure the seams.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Layers {
+    /// Client: three [`NoopLayer`]s (`client.layer(..)` three times). Server: three
+    /// [`NoopServerLayer`]s (`builder.layer(..)` three times), which observe outcomes, so the
+    /// server reads the clock for each call as a statistics layer would make it.
+    Noop3,
+    /// Client: one tower layer ([`PassLayer`], forwarding `poll_ready` and `call`) through
+    /// [`TowerLayer`]. Server: no layers.
+    Tower,
+}
+
+/// The server's service.
+fn router() -> Router {
     let svc = Service::new("bench.Echo")
         .unary("Echo", |m: EchoMsg, _ctx: CallContext| async move {
             Ok::<_, Status>(m)
         });
-    Ok(RpcServer::builder(Router::new().add_service(svc))
-        .bind(url)
-        .start()
-        .await?)
+    Router::new().add_service(svc)
 }
 
-/// One client (one connection), shared by every caller.
+/// Starts the server on `url` (port 0 allowed); returns it (for its bound endpoints).
+pub async fn serve(url: &str) -> Result<RpcServer, Error> {
+    Ok(RpcServer::builder(router()).bind(url).start().await?)
+}
+
+/// [`serve`] with the server side of `layers`.
+pub async fn serve_layered(url: &str, layers: Layers) -> Result<RpcServer, Error> {
+    let builder = RpcServer::builder(router()).bind(url);
+    Ok(match layers {
+        Layers::Noop3 => {
+            builder
+                .layer(NoopServerLayer)
+                .layer(NoopServerLayer)
+                .layer(NoopServerLayer)
+                .start()
+                .await?
+        }
+        Layers::Tower => builder.start().await?,
+    })
+}
+
+/// A server layer that admits every call and ignores its outcome, but asks for outcomes
+/// (`OBSERVES = true`), so the server times every call for it.
+pub struct NoopServerLayer;
+
+impl ServerLayer for NoopServerLayer {
+    const OBSERVES: bool = true;
+
+    fn on_request(&self, _call: &mut CallContext) -> Admit {
+        Admit::Pass
+    }
+
+    fn on_response(&self, _call: &CallContext, _status: Result<(), &Status>, _latency: Duration) {}
+}
+
+/// A client layer that adds a level to the chain and does nothing in it.
+#[derive(Debug, Clone, Copy)]
+pub struct NoopLayer;
+
+/// The invoker [`NoopLayer`] makes: holds the inner invoker and awaits it. A real type and a
+/// real future in the chain (the compiler may inline it, as it would a user's thin layer).
+pub struct Noop<I> {
+    inner: I,
+}
+
+impl<I: Invoke> Invoke for Noop<I> {
+    async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
+        self.inner.invoke(req).await
+    }
+}
+
+impl<I: Invoke> ClientLayer<I> for NoopLayer {
+    type Invoke = Noop<I>;
+
+    fn layer(self, inner: I) -> Noop<I> {
+        Noop { inner }
+    }
+}
+
+/// A tower layer whose service forwards everything to the inner one.
+#[derive(Debug, Clone, Copy)]
+pub struct PassLayer;
+
+/// The tower service [`PassLayer`] makes.
 #[derive(Clone)]
-pub struct Client {
-    rpc: RpcClient,
+pub struct Pass<S> {
+    inner: S,
+}
+
+impl<S> tower_layer::Layer<S> for PassLayer {
+    type Service = Pass<S>;
+
+    fn layer(&self, inner: S) -> Pass<S> {
+        Pass { inner }
+    }
+}
+
+impl<S: tower_service::Service<R>, R> tower_service::Service<R> for Pass<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+/// The invoker of a client with three [`NoopLayer`]s.
+pub type Noop3Invoke = Noop<Arc<Noop<Arc<Noop<Arc<Channel>>>>>>;
+/// The invoker of a client with one [`PassLayer`] through [`TowerLayer`].
+pub type TowerInvoke = FromTower<Pass<TowerInner<Arc<Channel>>>>;
+
+/// One client (one connection), shared by every caller; `I` is its chain of layers.
+pub struct Client<I = Channel> {
+    rpc: RpcClient<I>,
+}
+
+impl<I> Clone for Client<I> {
+    fn clone(&self) -> Self {
+        Client {
+            rpc: self.rpc.clone(),
+        }
+    }
 }
 
 impl Client {
     /// Connects to `url` with `codec`; waits until the connection is up.
     pub async fn connect(url: &str, codec: Codec) -> Result<Client, Error> {
+        Client::connect_with(url, codec, |rpc| rpc).await
+    }
+}
+
+impl<I: Invoke> Client<I> {
+    /// [`Client::connect`], then `layered` puts layers on the client.
+    pub async fn connect_with(
+        url: &str,
+        codec: Codec,
+        layered: impl FnOnce(RpcClient) -> RpcClient<I>,
+    ) -> Result<Client<I>, Error> {
         let rpc = RpcClient::builder()
             .endpoint(url)
             .codec(codec)
             .timeout(Duration::from_secs(10))
             .start()
             .await?;
-        let c = Client { rpc };
+        let c = Client { rpc: layered(rpc) };
         c.call(Bytes::from_static(b"warm")).await?;
         Ok(c)
     }
@@ -58,4 +191,17 @@ impl Client {
             .await?;
         Ok(r.payload)
     }
+}
+
+/// A TCP + protobuf client with three [`NoopLayer`]s.
+pub async fn connect_noop3(url: &str) -> Result<Client<Noop3Invoke>, Error> {
+    Client::connect_with(url, Codec::Protobuf, |rpc| {
+        rpc.layer(NoopLayer).layer(NoopLayer).layer(NoopLayer)
+    })
+    .await
+}
+
+/// A TCP + protobuf client with one [`PassLayer`] through [`TowerLayer`].
+pub async fn connect_tower(url: &str) -> Result<Client<TowerInvoke>, Error> {
+    Client::connect_with(url, Codec::Protobuf, |rpc| rpc.layer(TowerLayer(PassLayer))).await
 }

@@ -25,8 +25,19 @@
 //! * `all`: everything below and above (about 15 minutes), as Markdown tables for the README.
 //! * `compare`, `compare-idle`: every implementation (qsocket, a hand-written baseline, tarpc,
 //!   tonic) side by side, server and client in separate pinned processes (see `compare.rs`).
+//!   Two more run only when named with `--impls`, next to `qsocket` (TCP + protobuf) for what
+//!   the layer seams cost:
+//!   * `qsocket-layers3`: a chain of three no-op layers on each side. The client's are generic
+//!     `Invoke` wrappers that await the inner invoker (`client.layer(..)` three times); the
+//!     server's are `ServerLayer`s that pass every call and observe outcomes
+//!     (`OBSERVES = true`, `RpcServerBuilder::layer` three times), so the server times every
+//!     call as a statistics layer would make it.
+//!   * `qsocket-tower`: one tower layer on the client through the `TowerLayer` adapter (a
+//!     hand-written `Layer` + `Service` forwarding `poll_ready` and `call`; the adapter copies
+//!     the request's names and boxes each call); no server layers.
 //! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
-//!   server process, from two runs of fixed call counts (see `costs.rs`).
+//!   server process, from two runs of fixed call counts (see `costs.rs`); `--impls` takes the
+//!   same names as `compare`, `qsocket-layers3` and `qsocket-tower` included.
 //! * `hostile`: memory attacks (slow readers, header-only and almost complete frames, parked
 //!   RPC calls) against a qsocket server with its default configuration in a child process
 //!   (hidden subcommand `hostile-server`), a fresh one per attack: the child's idle, peak and
@@ -178,7 +189,8 @@ fn usage() {
          qsocket-bench compare-idle [--impls A,B,…] [--sessions N]\n       \
          qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n       \
          qsocket-bench hostile [--attacks A,B,…] [--shared-budget-mib N]\n\
-         implementations: baseline, qsocket, qsocket-json, qsocket-udp, qsocket-ws, tarpc, tonic"
+         implementations: baseline, qsocket, qsocket-json, qsocket-udp, qsocket-ws, tarpc, tonic\n                 \
+         (only with --impls: qsocket-layers3, qsocket-tower)"
     );
 }
 

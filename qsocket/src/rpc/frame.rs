@@ -1,6 +1,10 @@
 //! The qsocket RPC frame, byte by byte as in `PROTOCOL.md`: a 28-byte header, then service,
 //! method, metadata and body. Decoding checks every length against [`Limits`] before anything
 //! is reserved; a partial frame waits for more bytes.
+//!
+//! Wire internals, not a stable API: this module is public only so that the tests, the
+//! benchmarks and the fuzz targets can build and take apart raw frames. Its items that public
+//! signatures use, [`Limits`] and [`Metadata`], are re-exported from [`crate::rpc`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;

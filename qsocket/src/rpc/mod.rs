@@ -23,6 +23,7 @@ pub mod balance;
 mod client;
 mod codec;
 mod context;
+#[doc(hidden)]
 pub mod frame;
 mod instance;
 pub mod json;
@@ -39,6 +40,7 @@ pub use client::{
 pub use client::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
 pub use codec::{Codec, Json, Message, Proto};
 pub use context::{current_deadline, CallContext, Extensions};
+pub use frame::{Limits, Metadata};
 pub use instance::{
     Instance, InstanceList, InstanceSource, Snapshot, StaticInstances, DEFAULT_WEIGHT,
 };

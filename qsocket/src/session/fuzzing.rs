@@ -97,11 +97,8 @@ impl<'a> Plan<'a> {
 
     /// The session's settings and its server's shared budget.
     fn config(&self) -> (SessionConfig, Option<Arc<Pool>>) {
-        let mut cfg = SessionConfig {
-            // A whole largest frame, length prefix included.
-            max_frame_len: MAX_FRAME + 4,
-            ..SessionConfig::default()
-        };
+        // A whole largest frame, length prefix included.
+        let mut cfg = SessionConfig::default().max_frame_len(MAX_FRAME + 4);
         // The tight profiles use the smallest session and shared budgets the library accepts
         // (`SessionConfig::validate`, and the server's check of its shared budget), so a
         // session that does not end is a bug, not a configuration that starves it.

@@ -47,6 +47,12 @@ pub trait Balancer: Send + Sync + 'static {
 
     /// A short name for logs and errors.
     fn name(&self) -> &'static str;
+
+    /// Whether this balancer reads [`Node::latency`]: the client times calls (a clock read per
+    /// call) only when one of its balancers does. Default `false`.
+    fn wants_latency(&self) -> bool {
+        false
+    }
 }
 
 /// What a balancer knows about the call it picks for.
@@ -222,7 +228,8 @@ impl Node {
     }
 
     /// Its recent latency (a moving average over the last calls, weighing the last one 1/8),
-    /// `None` before its first answer.
+    /// `None` before its first answer — and always `None` unless one of the client's balancers
+    /// [wants it](Balancer::wants_latency).
     pub fn latency(&self) -> Option<Duration> {
         match self.0.state.ewma_ns.load(Ordering::Relaxed) {
             0 => None,

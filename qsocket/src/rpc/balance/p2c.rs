@@ -65,6 +65,10 @@ impl Balancer for P2c {
         })
     }
 
+    fn wants_latency(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "p2c"
     }

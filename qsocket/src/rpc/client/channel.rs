@@ -461,17 +461,17 @@ impl Invoke for Channel {
             metadata: req.metadata.as_wire(),
             ..Header::default()
         };
-        let mut buf = BytesMut::with_capacity(
-            HEADER_LEN
-                + req.service.len()
-                + req.method.len()
-                + req.metadata.as_wire().len()
-                + req.body.len(),
-        );
         let body = &req.body;
-        encode_frame(&mut buf, &h, &cfg.limits, |b| {
-            b.extend_from_slice(body);
-            Ok::<_, Status>(())
+        let hint = HEADER_LEN
+            + req.service.len()
+            + req.method.len()
+            + req.metadata.as_wire().len()
+            + body.len();
+        let buf = super::scratch::encode(hint, |buf| {
+            encode_frame(buf, &h, &cfg.limits, |b| {
+                b.extend_from_slice(body);
+                Ok::<_, Status>(())
+            })
         })
         .map_err(|e| match e {
             EncodeError::Body(st) => st,
@@ -532,7 +532,7 @@ impl Invoke for Channel {
                 return Err(st);
             }
         };
-        let latency = Some(now.elapsed());
+        let latency = self.inner.live.wants_latency.then(|| now.elapsed());
         let yes = |st: Status| st.with_sent(Sent::Yes);
         let metadata = if frame.metadata_bytes().is_empty() {
             MetadataMap::new()

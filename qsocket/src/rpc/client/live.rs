@@ -65,6 +65,8 @@ pub(crate) struct Live {
     pub(crate) changed: Notify,
     balancers: Balancers,
     pub(crate) closed: AtomicBool,
+    /// Whether calls are timed for the balancers.
+    pub(crate) wants_latency: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,12 +75,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Live {
     pub(crate) fn new(balancers: Balancers) -> Self {
+        let wants_latency = balancers.all().any(|b| b.wants_latency());
         Live {
             members: Mutex::new(Vec::new()),
             set: Mutex::new(Arc::new(LiveSet::default())),
             changed: Notify::new(),
             balancers,
             closed: AtomicBool::new(false),
+            wants_latency,
         }
     }
 

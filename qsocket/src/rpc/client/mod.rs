@@ -11,6 +11,7 @@ mod layer;
 mod live;
 mod pending;
 mod request;
+mod scratch;
 #[cfg(feature = "tower")]
 mod tower;
 
@@ -32,7 +33,6 @@ use super::metadata::{MetadataMap, Reply};
 use super::status::{Sent, Status};
 use crate::session::SessionConfig;
 use crate::Error;
-use bytes::BytesMut;
 use live::{Balancers, Live};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +74,63 @@ impl Default for RpcClientConfig {
             limits: Limits::default(),
             session: SessionConfig::default(),
         }
+    }
+}
+
+impl RpcClientConfig {
+    /// Sets [`codec`](field@Self::codec): the body codec of calls that do not choose one.
+    /// Default [`Codec::Protobuf`].
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Sets [`timeout`](field@Self::timeout): the deadline of calls that set none. Default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets [`sessions_per_endpoint`](field@Self::sessions_per_endpoint): sessions per
+    /// instance. Default 1.
+    pub fn sessions_per_endpoint(mut self, n: usize) -> Self {
+        self.sessions_per_endpoint = n;
+        self
+    }
+
+    /// Sets [`heartbeat`](field@Self::heartbeat): the idle time after which a session sends a
+    /// heartbeat (three times as long silent closes it). Default 10 s.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Sets [`udp_max_in_flight`](field@Self::udp_max_in_flight): calls in flight per UDP
+    /// session. Default 64.
+    pub fn udp_max_in_flight(mut self, n: usize) -> Self {
+        self.udp_max_in_flight = n;
+        self
+    }
+
+    /// Sets [`wait_for_connection`](field@Self::wait_for_connection): whether calls wait for a
+    /// connection up to their deadline instead of failing fast. Default false.
+    pub fn wait_for_connection(mut self, wait: bool) -> Self {
+        self.wait_for_connection = wait;
+        self
+    }
+
+    /// Sets [`limits`](field@Self::limits): frame size limits. Default [`Limits::default`]
+    /// (4 MiB bodies, 8 KiB metadata).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets [`session`](field@Self::session): session settings (its cron period and timeout
+    /// are set from `heartbeat`). Default [`SessionConfig::default`].
+    pub fn session(mut self, session: SessionConfig) -> Self {
+        self.session = session;
+        self
     }
 }
 
@@ -471,8 +528,8 @@ impl<I: Invoke> Call<'_, I> {
             return Err(no(e));
         }
         let codec = self.pick_codec::<Req, Resp>().map_err(no)?;
-        let mut body = BytesMut::with_capacity(msg.size_hint(codec));
-        msg.encode_body(codec, &mut body).map_err(no)?;
+        let body =
+            scratch::encode(msg.size_hint(codec), |b| msg.encode_body(codec, b)).map_err(no)?;
         // One clock read per call: the deadline and the time remaining both come from it.
         let now = Instant::now();
         let own = self

@@ -6,7 +6,7 @@
 
 use super::handler::{panic_status, Handler, RequestHead, Running};
 use super::layer::{tell, Admit, AdmitFuture, ServerLayer};
-use super::router::{FxMap, Router};
+use super::router::{FxMap, Method, Router};
 use super::RpcServerConfig;
 use crate::rpc::codec::Codec;
 use crate::rpc::context::{with_deadline, CallContext};
@@ -233,9 +233,20 @@ fn write_error(buf: &mut BytesMut, id: u64, codec: u8, st: &Status) {
     debug_assert!(r.is_ok());
 }
 
+/// The method a session called last, by its names: most sessions call a few methods again and
+/// again, and comparing two short names is cheaper than hashing them.
+struct LastMethod {
+    service: Box<[u8]>,
+    method: Box<[u8]>,
+    entry: Method,
+}
+
 /// The session listener of an RPC server.
 pub(super) struct RpcServerListener<L: ServerLayer> {
     shared: Arc<Shared<L>>,
+    last: Option<LastMethod>,
+    /// The clock read for the batch read at `clock.0` (one read per batch, not per request).
+    clock: Option<(Instant, Instant)>,
     /// Requests parked because they did not finish when first polled; made on first use, so
     /// an idle session holds none of its state.
     in_flight: Option<FuturesUnordered<Abortable<InFlight<L>>>>,
@@ -250,6 +261,8 @@ impl<L: ServerLayer> RpcServerListener<L> {
         let limit = shared.cfg.max_in_flight;
         RpcServerListener {
             shared,
+            last: None,
+            clock: None,
             in_flight: None,
             aborts: FxMap::default(),
             limit,
@@ -330,10 +343,42 @@ impl<L: ServerLayer> RpcServerListener<L> {
         }
     }
 
+    /// The method a request calls: the one called last if the names match, else the router's.
+    fn find(&mut self, frame: &Frame) -> Result<Method, Status> {
+        if let Some(last) = &self.last {
+            if *last.service == *frame.service() && *last.method == *frame.method() {
+                return Ok(last.entry.clone());
+            }
+        }
+        let entry = self
+            .shared
+            .router
+            .find(frame.service(), frame.method())?
+            .clone();
+        self.last = Some(LastMethod {
+            service: frame.service().into(),
+            method: frame.method().into(),
+            entry: entry.clone(),
+        });
+        Ok(entry)
+    }
+
+    /// Now, read once per batch of requests (a batch's requests were read at the same time).
+    fn now(&mut self, received: Instant) -> Instant {
+        match self.clock {
+            Some((at, now)) if at == received => now,
+            _ => {
+                let now = Instant::now();
+                self.clock = Some((received, now));
+                now
+            }
+        }
+    }
+
     /// Checks a request and passes it through the layers: the call to poll, or the status
     /// that refuses it (no layer has admitted it then, so none is told).
     fn dispatch(
-        &self,
+        &mut self,
         ctx: &Ctx<'_, Bytes>,
         frame: &Frame,
         deadline: Option<Instant>,
@@ -345,12 +390,14 @@ impl<L: ServerLayer> RpcServerListener<L> {
                 "malformed metadata: an entry runs past the end of the metadata block",
             ));
         }
-        if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Err(Status::deadline_exceeded(
-                "deadline passed before the request was dispatched",
-            ));
+        if let Some(d) = deadline {
+            if d <= self.now(ctx.received_at()) {
+                return Err(Status::deadline_exceeded(
+                    "deadline passed before the request was dispatched",
+                ));
+            }
         }
-        let method = self.shared.router.find(frame.service(), frame.method())?;
+        let method = self.find(frame)?;
         method.check_codec(codec)?;
         let handler = &method.handler;
         let mut call = CallContext::new(frame, ctx.session(), deadline);

@@ -62,11 +62,9 @@ impl Default for RpcServerConfig {
             limits,
             max_in_flight: 1024,
             udp_max_in_flight: 64,
-            session: SessionConfig {
-                session_timeout: Some(Duration::from_secs(120)),
-                max_frame_len: limits.max_frame(),
-                ..SessionConfig::default()
-            },
+            session: SessionConfig::default()
+                .session_timeout(Some(Duration::from_secs(120)))
+                .max_frame_len(limits.max_frame()),
         }
     }
 }

@@ -147,6 +147,7 @@ impl std::fmt::Debug for Service {
 
 /// One method of a service: its handler, and the codecs its types speak (tested per request
 /// without a call into the handler).
+#[derive(Clone)]
 pub(super) struct Method {
     pub(super) handler: Arc<dyn Handler>,
     codecs: u32,
