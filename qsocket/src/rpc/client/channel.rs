@@ -291,9 +291,6 @@ impl Channel {
     /// while some instance is still connecting for the first time, or when the call asks to.
     async fn conn(&self, req: &Request<'_>) -> Result<(Node, Conn), Status> {
         let live = &self.inner.live;
-        if let Some(c) = live.pick(req)? {
-            return Ok(c);
-        }
         let wait = req.options.wait_for_connection || self.inner.cfg.wait_for_connection;
         loop {
             let changed = live.changed.notified();
@@ -387,7 +384,12 @@ impl Drop for CallGuard<'_> {
 impl Invoke for Channel {
     async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
         let cfg = &self.inner.cfg;
-        let (node, conn) = match self.conn(req).await {
+        let picked = match self.inner.live.pick(req) {
+            Ok(Some(c)) => Ok(c),
+            Ok(None) => self.conn(req).await,
+            Err(st) => Err(st),
+        };
+        let (node, conn) = match picked {
             Ok(c) => c,
             Err(st) => {
                 req.instance = None;

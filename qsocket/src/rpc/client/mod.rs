@@ -197,13 +197,13 @@ impl RpcClient {
 
 impl<I: Invoke> RpcClient<I> {
     /// A unary call with the client's default codec and timeout.
-    pub async fn call<Req: Message, Resp: Message>(
-        &self,
-        service: &str,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        self.request(service, method).call(req).await
+    pub fn call<'a, Req: Message, Resp: Message>(
+        &'a self,
+        service: &'a str,
+        method: &'a str,
+        req: &'a Req,
+    ) -> impl std::future::Future<Output = Result<Resp, Status>> + 'a {
+        self.request(service, method).call(req)
     }
 
     /// A call with options: `client.request(svc, m).timeout(d).codec(Codec::Json).call(&req)`.
@@ -442,7 +442,7 @@ pub struct Call<'a, I = Channel> {
     options: CallOptions,
 }
 
-impl<I: Invoke> Call<'_, I> {
+impl<'a, I: Invoke> Call<'a, I> {
     /// Bounds the call by `timeout` from now.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.deadline = Some(crate::session::deadline_after(Instant::now(), timeout));
@@ -517,19 +517,21 @@ impl<I: Invoke> Call<'_, I> {
             })
     }
 
-    /// Encodes `msg` and sends it through the client's layers.
-    async fn send<Req: Message, Resp: Message>(
+    /// Encodes `msg` into the untyped request of this call (no await: the typed front adds no
+    /// state of its own to the call's future).
+    #[inline(always)]
+    fn prepare<Req: Message, Resp: Message>(
         self,
         msg: &Req,
         oneway: bool,
-    ) -> Result<Response, Status> {
+    ) -> Result<Request<'a>, Status> {
         let no = |st: Status| st.with_sent(Sent::No);
         if let Some(e) = self.metadata_error {
             return Err(no(e));
         }
         let codec = self.pick_codec::<Req, Resp>().map_err(no)?;
-        let body =
-            scratch::encode(msg.size_hint(codec), |b| msg.encode_body(codec, b)).map_err(no)?;
+        let body = scratch::encode(msg.size_hint(codec), |b| msg.encode_body(codec, b))
+            .map_err(no)?;
         // One clock read per call: the deadline and the time remaining both come from it.
         let now = Instant::now();
         let own = self
@@ -541,7 +543,7 @@ impl<I: Invoke> Call<'_, I> {
         };
         let mut options = self.options;
         options.oneway = oneway;
-        let mut req = Request {
+        Ok(Request {
             service: self.service,
             method: self.method,
             codec,
@@ -553,13 +555,14 @@ impl<I: Invoke> Call<'_, I> {
             exclude: Vec::new(),
             instance: None,
             now: Some(now),
-        };
-        self.client.invoke.invoke(&mut req).await
+        })
     }
 
     /// Sends the request and waits for the response.
     pub async fn call<Req: Message, Resp: Message>(self, req: &Req) -> Result<Resp, Status> {
-        let resp = self.send::<Req, Resp>(req, false).await?;
+        let client = self.client;
+        let mut req = self.prepare::<Req, Resp>(req, false)?;
+        let resp = client.invoke.invoke(&mut req).await?;
         decode::<Resp>(resp.codec, resp.body)
     }
 
@@ -568,7 +571,9 @@ impl<I: Invoke> Call<'_, I> {
         self,
         req: &Req,
     ) -> Result<Reply<Resp>, Status> {
-        let resp = self.send::<Req, Resp>(req, false).await?;
+        let client = self.client;
+        let mut req = self.prepare::<Req, Resp>(req, false)?;
+        let resp = client.invoke.invoke(&mut req).await?;
         Ok(Reply {
             body: decode::<Resp>(resp.codec, resp.body)?,
             metadata: resp.metadata,
@@ -578,7 +583,9 @@ impl<I: Invoke> Call<'_, I> {
     /// Sends the request without waiting for any response (a oneway call). Returns once the
     /// request is queued on a connection.
     pub async fn oneway<Req: Message>(self, req: &Req) -> Result<(), Status> {
-        self.send::<Req, ()>(req, true).await.map(|_| ())
+        let client = self.client;
+        let mut req = self.prepare::<Req, ()>(req, true)?;
+        client.invoke.invoke(&mut req).await.map(|_| ())
     }
 }
 
