@@ -517,3 +517,42 @@ async fn a_hash_key_keeps_a_caller_on_one_instance() {
     }
     drop((s1, s2, s3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_metadata_reaches_the_client() {
+    use qsocket::rpc::Reply;
+    let server = RpcServer::builder(Router::new().add_service(Service::new("test.Meta").unary(
+        "Tagged",
+        |x: u32, ctx: CallContext| async move {
+            let trace = ctx.metadata().get("trace-id").unwrap_or(b"none").to_vec();
+            Ok::<_, Status>(
+                Reply::new(x + 1)
+                    .with_metadata("served-by", "meta")
+                    .with_metadata("trace-id", trace),
+            )
+        },
+    )))
+    .bind("tcp://127.0.0.1:0")
+    .start()
+    .await
+    .expect("server");
+    let client = RpcClient::connect(&server.local_endpoints()[0].to_string())
+        .await
+        .expect("client");
+    for codec in [Codec::Protobuf, Codec::Json] {
+        let reply: Reply<u32> = client
+            .request("test.Meta", "Tagged")
+            .codec(codec)
+            .metadata("trace-id", "t-7")
+            .reply(&41u32)
+            .await
+            .expect("call");
+        assert_eq!(reply.body, 42);
+        assert_eq!(reply.metadata.get_str("served-by"), Some("meta"));
+        assert_eq!(reply.metadata.get_str("trace-id"), Some("t-7"));
+    }
+    // A plain call still gets just the message.
+    let plain: u32 = client.call("test.Meta", "Tagged", &1u32).await.expect("call");
+    assert_eq!(plain, 2);
+    drop(server);
+}

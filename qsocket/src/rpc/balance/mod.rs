@@ -32,7 +32,8 @@ pub use weighted::{WeightedRandom, WeightedRoundRobin};
 /// The client calls [`rebuild`](Self::rebuild) with the live set whenever it changes (an
 /// instance connects, dies, joins or leaves) and [`pick`](Self::pick) with that same set for
 /// every call, so a balancer may keep state built from the set (a ring, weights). `pick` runs
-/// on every call: keep it cheap, and lock-free where the algorithm allows.
+/// on every call, while the client holds the lock of its live set: keep it cheap, lock-free
+/// where the algorithm allows, and never call back into the client from it.
 pub trait Balancer: Send + Sync + 'static {
     /// The live set changed: `nodes` is what the next [`pick`](Self::pick) calls will get.
     fn rebuild(&self, nodes: &[Node]) {

@@ -21,6 +21,7 @@ use crate::Error;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -428,7 +429,17 @@ impl Invoke for Channel {
         let id = if oneway {
             0
         } else {
-            conn.pending.insert(conn.session.id(), req.deadline)
+            // The caller's waker is registered with the call, so the first wait for the
+            // outcome needs no look at the table.
+            let deadline = req.deadline;
+            std::future::poll_fn(|cx| {
+                Poll::Ready(conn.pending.insert(
+                    conn.session.id(),
+                    deadline,
+                    Some(cx.waker().clone()),
+                ))
+            })
+            .await
         };
         let mut guard = CallGuard {
             conn: &conn,
@@ -494,10 +505,13 @@ impl Invoke for Channel {
         // Queue without a timer when there is room (the usual case); wait, bounded by the
         // deadline, only when the connection is behind.
         guard.ended.1 = false;
+        // Whether the waker given at `insert` is still this task's (no await since).
+        let mut registered = true;
         match conn.session.try_send(buf) {
             Ok(()) => {}
             Err(crate::session::TrySendError::Closed(_)) => return Err(closed()),
             Err(crate::session::TrySendError::Full(frame)) => {
+                registered = false;
                 match tokio::time::timeout_at(req.deadline.into(), conn.session.send(frame)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(closed()),
@@ -519,7 +533,14 @@ impl Invoke for Channel {
             });
         }
         // No timer per call: the instance's sweeper ends calls whose deadline has passed.
-        let outcome = std::future::poll_fn(|cx| conn.pending.poll_outcome(id, cx)).await;
+        let outcome = std::future::poll_fn(|cx| {
+            if std::mem::replace(&mut registered, false) {
+                // An outcome that arrives now wakes the waker registered with the call.
+                return Poll::Pending;
+            }
+            conn.pending.poll_outcome(id, cx)
+        })
+        .await;
         // The slot is free once the outcome is taken.
         guard.armed = false;
         let frame = match outcome {

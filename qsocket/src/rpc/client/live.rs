@@ -170,7 +170,8 @@ impl Live {
     /// Picks an instance and one of its connections for `req`: `Ok(None)` when no instance
     /// is live now.
     pub(crate) fn pick(&self, req: &Request<'_>) -> Result<Option<(Node, Conn)>, Status> {
-        let set = lock(&self.set).clone();
+        // The balancer picks under the lock (no clone of the set per call): keep picks short.
+        let set = lock(&self.set);
         if set.nodes.is_empty() {
             return Ok(None);
         }

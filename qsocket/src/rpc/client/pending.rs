@@ -81,8 +81,9 @@ impl Pending {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a call on `session`; its id is `generation << 32 | slot`.
-    pub(crate) fn insert(&self, session: u64, deadline: Instant) -> u64 {
+    /// Registers a call on `session`, woken through `waker` when its outcome arrives; its id is
+    /// `generation << 32 | slot`.
+    pub(crate) fn insert(&self, session: u64, deadline: Instant, waker: Option<Waker>) -> u64 {
         let mut t = self.lock();
         let index = match t.free.pop() {
             Some(i) => i,
@@ -98,7 +99,7 @@ impl Pending {
         };
         let slot = &mut t.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
-        slot.state = State::Waiting(None);
+        slot.state = State::Waiting(waker);
         slot.session = session;
         slot.deadline = deadline;
         let id = (u64::from(slot.generation) << 32) | u64::from(index);
@@ -264,7 +265,7 @@ mod tests {
     async fn a_sweeper_expires_late_calls_and_ends_with_its_endpoint() {
         let p = Arc::new(Pending::new(tokio_util::sync::CancellationToken::new()));
         let sweeper = tokio::spawn(sweep(p.clone()));
-        let id = p.insert(1, Instant::now());
+        let id = p.insert(1, Instant::now(), None);
         let outcome = tokio::time::timeout(
             Duration::from_secs(10),
             std::future::poll_fn(|cx| p.poll_outcome(id, cx)),
@@ -288,7 +289,7 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let far = Instant::now() + Duration::from_secs(60);
 
-        let id = p.insert(7, far);
+        let id = p.insert(7, far, None);
         assert!(p.poll_outcome(id, &mut cx).is_pending());
         p.complete(id, Ok(response(id)));
         p.complete(id, Err(Status::internal("second outcome is ignored")));
@@ -300,7 +301,7 @@ mod tests {
         assert_eq!(p.len(), 0, "slot free once taken");
 
         // The slot is reused with a new generation: the old id no longer reaches it.
-        let id2 = p.insert(7, far);
+        let id2 = p.insert(7, far, None);
         assert_eq!(id2 as u32, id as u32);
         assert_ne!(id2, id);
         p.complete(id, Ok(response(id)));
@@ -310,7 +311,7 @@ mod tests {
         );
 
         // A closing session fails its waiting calls; giving up a call frees its slot.
-        let other = p.insert(8, far);
+        let other = p.insert(8, far, None);
         p.fail_session(7, &Status::unavailable("gone"));
         match p.poll_outcome(id2, &mut cx) {
             Poll::Ready(Err(st)) => assert_eq!(st.code(), Code::Unavailable),
