@@ -373,9 +373,8 @@ impl Drop for CallGuard<'_> {
         let (latency, ok) = self.ended;
         self.node.end_call(latency, ok);
         // The last call on a connection the server asked us to leave closes it.
-        let state = &self.conn.state;
-        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
-            && state.draining.load(Ordering::Acquire)
+        if self.conn.state.draining.load(Ordering::Acquire)
+            && !self.conn.pending.has_calls_on(self.conn.session.id())
         {
             self.conn.session.close();
         }
@@ -397,10 +396,15 @@ impl Invoke for Channel {
                 return Err(st);
             }
         };
-        req.instance = Some(node.clone());
-        let oneway = req.options.oneway;
         // One clock read for a first attempt: the typed front's.
         let mut now = req.now.take().unwrap_or_else(Instant::now);
+        let oneway = req.options.oneway;
+        // The request keeps the instance; the call borrows it from there.
+        req.instance = Some(node);
+        let req: &Request<'_> = req;
+        let Some(node) = req.instance.as_ref() else {
+            return Err(Status::internal("instance lost").with_sent(Sent::No));
+        };
         let udp = conn.session.transport() == Transport::Udp;
         let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
             Some(sem) => {
@@ -425,7 +429,6 @@ impl Invoke for Channel {
             None => None,
         };
         node.start_call();
-        conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
         let id = if oneway {
             0
         } else {
@@ -443,7 +446,7 @@ impl Invoke for Channel {
         };
         let mut guard = CallGuard {
             conn: &conn,
-            node: &node,
+            node,
             id,
             armed: !oneway,
             written: false,

@@ -5,7 +5,7 @@ use super::super::frame::{kind, Frame, FrameCodec, FrameError};
 use super::pending::Pending;
 use crate::session::Session;
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -67,8 +67,6 @@ impl tokio_util::codec::Encoder<BytesMut> for ClientCodec {
 pub(crate) struct ConnState {
     /// Set by a GOAWAY: no new calls on this connection.
     pub(crate) draining: AtomicBool,
-    /// Calls in flight on this connection.
-    pub(crate) in_flight: AtomicUsize,
     /// UDP: caps the calls in flight (the rest wait for a permit).
     pub(crate) permits: Option<Arc<Semaphore>>,
 }

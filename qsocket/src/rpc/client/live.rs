@@ -257,7 +257,6 @@ impl ListenerParts {
             pending: self.pending.clone(),
             state: Arc::new(ConnState {
                 draining: AtomicBool::new(false),
-                in_flight: AtomicUsize::new(0),
                 permits: self
                     .udp_cap
                     .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
@@ -300,7 +299,7 @@ impl EventListener for RpcClientListener {
                 tracing::debug!(session = ctx.session().id(), "server sent goaway");
                 self.state.draining.store(true, Ordering::Release);
                 self.live.draining();
-                if self.state.in_flight.load(Ordering::Acquire) == 0 {
+                if !self.pending.has_calls_on(ctx.session().id()) {
                     ctx.close();
                 }
             }

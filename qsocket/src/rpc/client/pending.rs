@@ -202,6 +202,15 @@ impl Pending {
         self.fail_where(|slot| slot.deadline <= now, &st);
     }
 
+    /// Whether some call is waiting for a response on `session` (a scan: only asked of a
+    /// connection the server is draining).
+    pub(crate) fn has_calls_on(&self, session: u64) -> bool {
+        self.lock()
+            .slots
+            .iter()
+            .any(|s| s.session == session && matches!(s.state, State::Waiting(_)))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lock().len
     }
