@@ -18,6 +18,10 @@ impl RoundRobin {
 
 impl Balancer for RoundRobin {
     fn pick(&self, call: &Pick<'_>, nodes: &[Node]) -> Option<usize> {
+        if nodes.len() == 1 {
+            // The only live instance (picked even if excluded, as every balancer does).
+            return Some(0);
+        }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         if !call.exclude.is_empty() {
             // The turn among the nodes not excluded, so that an excluded node's turns are

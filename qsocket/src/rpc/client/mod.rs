@@ -530,8 +530,8 @@ impl<'a, I: Invoke> Call<'a, I> {
             return Err(no(e));
         }
         let codec = self.pick_codec::<Req, Resp>().map_err(no)?;
-        let body = scratch::encode(msg.size_hint(codec), |b| msg.encode_body(codec, b))
-            .map_err(no)?;
+        let body =
+            scratch::encode(msg.size_hint(codec), |b| msg.encode_body(codec, b)).map_err(no)?;
         // One clock read per call: the deadline and the time remaining both come from it.
         let now = Instant::now();
         let own = self

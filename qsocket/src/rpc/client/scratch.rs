@@ -12,12 +12,14 @@ const CHUNK: usize = 8 * 1024;
 const SMALL: usize = 1024;
 
 thread_local! {
-    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    // Const-initialised: no lazy-initialisation check on each use.
+    static SCRATCH: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
 }
 
 /// Runs `fill` on an empty buffer with room for about `hint` bytes and returns what it wrote,
 /// as a buffer of its own (a slice of this thread's chunk when small). On error nothing is
 /// kept.
+#[inline(always)]
 pub(crate) fn encode<E>(
     hint: usize,
     fill: impl FnOnce(&mut BytesMut) -> Result<(), E>,
@@ -36,13 +38,14 @@ pub(crate) fn encode<E>(
     }
     SCRATCH.with(|cell| {
         // A `fill` that encodes another message in turn gets a buffer of its own.
-        let Ok(mut chunk) = cell.try_borrow_mut() else {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
             return own(&mut once);
         };
-        if chunk.capacity() < hint.max(64) {
-            *chunk = BytesMut::with_capacity(CHUNK);
-        }
-        match once(&mut chunk) {
+        let chunk = match &mut *slot {
+            Some(c) if c.capacity() >= hint.max(64) => c,
+            other => other.insert(BytesMut::with_capacity(CHUNK)),
+        };
+        match once(chunk) {
             Ok(()) => Ok(chunk.split()),
             Err(e) => {
                 chunk.clear();
