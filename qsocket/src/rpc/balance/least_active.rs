@@ -65,6 +65,10 @@ impl Balancer for LeastActive {
         least_active(call, nodes, skip).or_else(|| least_active(call, nodes, false))
     }
 
+    fn wants_in_flight(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "least_active"
     }

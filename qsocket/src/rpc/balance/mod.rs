@@ -54,6 +54,13 @@ pub trait Balancer: Send + Sync + 'static {
     fn wants_latency(&self) -> bool {
         false
     }
+
+    /// Whether this balancer reads [`Node::in_flight`]: the client counts calls in flight per
+    /// instance (two atomic operations per call) only when one of its balancers does. Default
+    /// `false`.
+    fn wants_in_flight(&self) -> bool {
+        false
+    }
 }
 
 /// What a balancer knows about the call it picks for.
@@ -223,7 +230,8 @@ impl Node {
         self.0.instance.weight_value()
     }
 
-    /// Calls in flight to it now.
+    /// Calls in flight to it now — counted only when one of the client's balancers
+    /// [wants it](Balancer::wants_in_flight) (always 0 otherwise).
     pub fn in_flight(&self) -> usize {
         self.0.state.in_flight.load(Ordering::Relaxed)
     }
@@ -248,11 +256,21 @@ impl Node {
         self.0.state.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Marks a call as ended without counting it in flight (for a client whose balancers do
+    /// not read [`in_flight`](Self::in_flight)): records `latency` and the outcome only.
+    pub fn record(&self, latency: Option<Duration>, ok: bool) {
+        self.record_outcome(latency, ok);
+    }
+
     /// Marks a call as ended: `latency` when it was answered (by a response or a status from
     /// the server), and whether it succeeded.
     pub fn end_call(&self, latency: Option<Duration>, ok: bool) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.record_outcome(latency, ok);
+    }
+
+    fn record_outcome(&self, latency: Option<Duration>, ok: bool) {
         let st = &self.0.state;
-        st.in_flight.fetch_sub(1, Ordering::Relaxed);
         if let Some(l) = latency {
             let sample = (l.as_nanos() as u64).max(1);
             let old = st.ewma_ns.load(Ordering::Relaxed);

@@ -69,6 +69,10 @@ impl Balancer for P2c {
         true
     }
 
+    fn wants_in_flight(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "p2c"
     }

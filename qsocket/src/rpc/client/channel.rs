@@ -360,6 +360,8 @@ struct CallGuard<'a> {
     /// How the call ended, for the node's state: latency when answered, and whether the
     /// instance did its part (a call given up by its caller counts as neither).
     ended: (Option<Duration>, bool),
+    /// Whether the call is counted in its node's calls in flight.
+    counted: bool,
 }
 
 impl Drop for CallGuard<'_> {
@@ -371,7 +373,11 @@ impl Drop for CallGuard<'_> {
                 .try_send(control_frame_mut(kind::CANCEL, 0, self.id));
         }
         let (latency, ok) = self.ended;
-        self.node.end_call(latency, ok);
+        if self.counted {
+            self.node.end_call(latency, ok);
+        } else {
+            self.node.record(latency, ok);
+        }
         // The last call on a connection the server asked us to leave closes it.
         if self.conn.state.draining.load(Ordering::Acquire)
             && !self.conn.pending.has_calls_on(self.conn.session.id())
@@ -428,7 +434,10 @@ impl Invoke for Channel {
             }
             None => None,
         };
-        node.start_call();
+        let counted = self.inner.live.wants_in_flight;
+        if counted {
+            node.start_call();
+        }
         let id = if oneway {
             0
         } else {
@@ -451,6 +460,7 @@ impl Invoke for Channel {
             armed: !oneway,
             written: false,
             ended: (None, true),
+            counted,
         };
         // A session that closed after we picked it has already failed its calls (or is about
         // to, under the closed flag): do not wait on it.

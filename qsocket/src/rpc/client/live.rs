@@ -67,6 +67,8 @@ pub(crate) struct Live {
     pub(crate) closed: AtomicBool,
     /// Whether calls are timed for the balancers.
     pub(crate) wants_latency: bool,
+    /// Whether calls in flight are counted per instance for the balancers.
+    pub(crate) wants_in_flight: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,6 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Live {
     pub(crate) fn new(balancers: Balancers) -> Self {
         let wants_latency = balancers.all().any(|b| b.wants_latency());
+        let wants_in_flight = balancers.all().any(|b| b.wants_in_flight());
         Live {
             members: Mutex::new(Vec::new()),
             set: Mutex::new(Arc::new(LiveSet::default())),
@@ -83,6 +86,7 @@ impl Live {
             balancers,
             closed: AtomicBool::new(false),
             wants_latency,
+            wants_in_flight,
         }
     }
 
