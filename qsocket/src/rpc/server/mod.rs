@@ -184,7 +184,12 @@ impl fmt::Debug for RpcServer {
 /// Where to listen: an address, or a socket bound already.
 enum Bind {
     Url(String),
-    Listener(Transport, TcpListener, String),
+    /// A listener bound already, its transport, and (WebSocket) its path.
+    Listener(
+        Transport,
+        TcpListener,
+        #[cfg_attr(not(feature = "ws"), allow(dead_code))] String,
+    ),
 }
 
 /// Builds an RPC server (see [`RpcServer::builder`]). `L` is its chain of
