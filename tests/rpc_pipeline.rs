@@ -552,7 +552,10 @@ async fn response_metadata_reaches_the_client() {
         assert_eq!(reply.metadata.get_str("trace-id"), Some("t-7"));
     }
     // A plain call still gets just the message.
-    let plain: u32 = client.call("test.Meta", "Tagged", &1u32).await.expect("call");
+    let plain: u32 = client
+        .call("test.Meta", "Tagged", &1u32)
+        .await
+        .expect("call");
     assert_eq!(plain, 2);
     drop(server);
 }
