@@ -344,23 +344,24 @@ impl<L: ServerLayer> RpcServerListener<L> {
     }
 
     /// The method a request calls: the one called last if the names match, else the router's.
-    fn find(&mut self, frame: &Frame) -> Result<Method, Status> {
-        if let Some(last) = &self.last {
-            if *last.service == *frame.service() && *last.method == *frame.method() {
-                return Ok(last.entry.clone());
-            }
+    fn find<'s>(
+        last: &'s mut Option<LastMethod>,
+        router: &'s Router,
+        frame: &Frame,
+    ) -> Result<&'s Method, Status> {
+        let hit = matches!(last, Some(l) if *l.service == *frame.service() && *l.method == *frame.method());
+        if !hit {
+            let entry = router.find(frame.service(), frame.method())?.clone();
+            *last = Some(LastMethod {
+                service: frame.service().into(),
+                method: frame.method().into(),
+                entry,
+            });
         }
-        let entry = self
-            .shared
-            .router
-            .find(frame.service(), frame.method())?
-            .clone();
-        self.last = Some(LastMethod {
-            service: frame.service().into(),
-            method: frame.method().into(),
-            entry: entry.clone(),
-        });
-        Ok(entry)
+        match last {
+            Some(l) => Ok(&l.entry),
+            None => Err(Status::internal("method lookup lost its entry")),
+        }
     }
 
     /// Now, read once per batch of requests (a batch's requests were read at the same time).
@@ -397,7 +398,7 @@ impl<L: ServerLayer> RpcServerListener<L> {
                 ));
             }
         }
-        let method = self.find(frame)?;
+        let method = Self::find(&mut self.last, &self.shared.router, frame)?;
         method.check_codec(codec)?;
         let handler = &method.handler;
         let mut call = CallContext::new(frame, ctx.session(), deadline);
