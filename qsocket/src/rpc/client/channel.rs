@@ -235,27 +235,50 @@ impl Channel {
     /// `unavailable` and the causes if none is by then.
     pub async fn ready(&self) -> Result<(), Status> {
         let deadline = Instant::now() + self.inner.cfg.timeout;
+        self.wait_live(deadline, false, |live| Ok(live.any_live().then_some(())))
+            .await
+            .map_err(|st| {
+                st.or_else(|| self.inner.live.failure())
+                    .unwrap_or_else(|| {
+                        Status::unavailable("no connection to any instance within the timeout")
+                    })
+                    .with_sent(Sent::No)
+            })
+    }
+
+    /// Waits, up to `deadline`, until `get` finds what it looks for in the live set, looking
+    /// again whenever the set changes. Fails with the status of a closed client or of `get`, or
+    /// (when `fail_fast`) with the causes once every instance has failed; with `None` when the
+    /// deadline passes.
+    async fn wait_live<T>(
+        &self,
+        deadline: Instant,
+        fail_fast: bool,
+        mut get: impl FnMut(&Live) -> Result<Option<T>, Status>,
+    ) -> Result<T, Option<Status>> {
         let live = &self.inner.live;
         loop {
             let changed = live.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if live.any_live() {
-                return Ok(());
+            if let Some(found) = get(live).map_err(Some)? {
+                return Ok(found);
             }
             if live.closed.load(Ordering::Relaxed) {
-                return Err(Status::unavailable("client closed").with_sent(Sent::No));
+                return Err(Some(
+                    Status::unavailable("client closed").with_sent(Sent::No),
+                ));
+            }
+            if fail_fast {
+                if let Some(st) = live.failure() {
+                    return Err(Some(st));
+                }
             }
             if tokio::time::timeout_at(deadline.into(), changed)
                 .await
                 .is_err()
             {
-                return Err(live
-                    .failure()
-                    .unwrap_or_else(|| {
-                        Status::unavailable("no connection to any instance within the timeout")
-                    })
-                    .with_sent(Sent::No));
+                return Err(None);
             }
         }
     }
@@ -291,37 +314,23 @@ impl Channel {
     /// A live instance and connection for `req`, waiting for one (up to the deadline) only
     /// while some instance is still connecting for the first time, or when the call asks to.
     async fn conn(&self, req: &Request<'_>) -> Result<(Node, Conn), Status> {
-        let live = &self.inner.live;
         let wait = req.options.wait_for_connection || self.inner.cfg.wait_for_connection;
-        loop {
-            let changed = live.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(c) = live.pick(req)? {
-                return Ok(c);
-            }
-            if live.closed.load(Ordering::Relaxed) {
-                return Err(Status::unavailable("client closed").with_sent(Sent::No));
-            }
-            if !wait {
-                if let Some(st) = live.failure() {
-                    return Err(st);
-                }
-            }
-            if tokio::time::timeout_at(req.deadline.into(), changed)
-                .await
-                .is_err()
-            {
-                let why = live
-                    .failure()
-                    .map(|s| format!(": {}", s.message()))
-                    .unwrap_or_default();
-                return Err(Status::unavailable(format!(
-                    "no connection to any instance before the deadline{why}"
-                ))
-                .with_sent(Sent::No));
-            }
-        }
+        self.wait_live(req.deadline, !wait, |live| live.pick(req))
+            .await
+            .map_err(|st| {
+                st.unwrap_or_else(|| {
+                    let why = self
+                        .inner
+                        .live
+                        .failure()
+                        .map(|s| format!(": {}", s.message()))
+                        .unwrap_or_default();
+                    Status::unavailable(format!(
+                        "no connection to any instance before the deadline{why}"
+                    ))
+                    .with_sent(Sent::No)
+                })
+            })
     }
 }
 

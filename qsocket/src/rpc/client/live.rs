@@ -215,7 +215,7 @@ impl Live {
 
     /// Whether some instance is live.
     pub(crate) fn any_live(&self) -> bool {
-        !lock(&self.set).nodes.is_empty()
+        self.live_count() > 0
     }
 
     /// How many instances are live.

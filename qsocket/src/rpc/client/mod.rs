@@ -541,21 +541,13 @@ impl<'a, I: Invoke> Call<'a, I> {
             Some(inherited) if inherited < own => inherited,
             _ => own,
         };
-        let mut options = self.options;
-        options.oneway = oneway;
-        Ok(Request {
-            service: self.service,
-            method: self.method,
-            codec,
-            deadline,
-            metadata: self.metadata,
-            body: body.freeze(),
-            hash_key: self.hash_key,
-            options,
-            exclude: Vec::new(),
-            instance: None,
-            now: Some(now),
-        })
+        let mut req = Request::new(self.service, self.method, codec, body.freeze(), deadline);
+        req.metadata = self.metadata;
+        req.hash_key = self.hash_key;
+        req.options = self.options;
+        req.options.oneway = oneway;
+        req.now = Some(now);
+        Ok(req)
     }
 
     /// Sends the request and waits for the response.

@@ -64,19 +64,11 @@ impl<I: Invoke> tower_service::Service<TowerRequest> for TowerInner<I> {
     fn call(&mut self, t: TowerRequest) -> Self::Future {
         let inner = self.0.clone();
         Box::pin(async move {
-            let mut req = Request {
-                service: &t.service,
-                method: &t.method,
-                codec: t.codec,
-                deadline: t.deadline,
-                metadata: t.metadata,
-                body: t.body,
-                hash_key: t.hash_key,
-                options: t.options,
-                exclude: t.exclude,
-                instance: None,
-                now: None,
-            };
+            let mut req = Request::new(&t.service, &t.method, t.codec, t.body, t.deadline);
+            req.metadata = t.metadata;
+            req.hash_key = t.hash_key;
+            req.options = t.options;
+            req.exclude = t.exclude;
             match inner.invoke(&mut req).await {
                 Ok(r) => Ok((r, req.instance)),
                 Err(st) => Err((st, req.instance)),
