@@ -59,11 +59,11 @@ pub struct CallContext {
     service_len: u8,
     method_len: u8,
     metadata_len: u16,
-    /// The request metadata once a layer edited it (until then, the frame's own block).
-    edited: Option<MetadataMap>,
     session: Session<Bytes>,
     request_id: u64,
-    extensions: Extensions,
+    /// What layers added: edited metadata and extensions (boxed, made on first use, so a
+    /// call no layer touches carries one pointer for them).
+    extra: Option<Box<Extra>>,
     /// When the server began dispatching the call, if a layer observes outcomes (the latency
     /// they are given counts from here).
     started: Option<Instant>,
@@ -80,10 +80,9 @@ impl CallContext {
             service_len: u8::try_from(frame.service().len()).unwrap_or(u8::MAX),
             method_len: u8::try_from(frame.method().len()).unwrap_or(u8::MAX),
             metadata_len: u16::try_from(frame.metadata().0.len()).unwrap_or(u16::MAX),
-            edited: None,
             session: session.clone(),
             request_id: frame.id,
-            extensions: Extensions::new(),
+            extra: None,
             started: None,
         }
     }
@@ -132,7 +131,7 @@ impl CallContext {
 
     /// The request's metadata entries (as server layers left them).
     pub fn metadata(&self) -> Metadata<'_> {
-        match &self.edited {
+        match self.extra.as_ref().and_then(|x| x.edited.as_ref()) {
             Some(map) => Metadata(map.as_wire()),
             None => Metadata(self.wire_metadata()),
         }
@@ -142,12 +141,16 @@ impl CallContext {
     /// handler (and later layers) then see. The first call copies the block out of the
     /// request frame.
     pub fn metadata_mut(&mut self) -> &mut MetadataMap {
-        if self.edited.is_none() {
-            // The block was checked when the request was dispatched.
-            let map = MetadataMap::from_wire(self.wire_metadata()).unwrap_or_default();
-            self.edited = Some(map);
-        }
-        self.edited.get_or_insert_with(MetadataMap::new)
+        let wire = HEADER_LEN + self.service_len as usize + self.method_len as usize;
+        let wire = self
+            .frame
+            .get(wire..wire + self.metadata_len as usize)
+            .unwrap_or_default();
+        let extra = self.extra.get_or_insert_with(Default::default);
+        // The block was checked when the request was dispatched.
+        extra
+            .edited
+            .get_or_insert_with(|| MetadataMap::from_wire(wire).unwrap_or_default())
     }
 
     /// The caller's address.
@@ -200,13 +203,22 @@ impl CallContext {
 
     /// The call's typed extensions: values server layers attached for the handler.
     pub fn extensions(&self) -> &Extensions {
-        &self.extensions
+        static EMPTY: Extensions = Extensions::new();
+        self.extra.as_ref().map_or(&EMPTY, |x| &x.extensions)
     }
 
     /// The call's typed extensions, editable (a layer inserts, a handler may take).
     pub fn extensions_mut(&mut self) -> &mut Extensions {
-        &mut self.extensions
+        &mut self.extra.get_or_insert_with(Default::default).extensions
     }
+}
+
+/// The parts of a [`CallContext`] only layers fill.
+#[derive(Clone, Default)]
+struct Extra {
+    /// The request metadata once a layer edited it (until then, the frame's own block).
+    edited: Option<MetadataMap>,
+    extensions: Extensions,
 }
 
 /// Shows names, ids and metadata keys (values may be credentials).
@@ -225,7 +237,7 @@ impl fmt::Debug for CallContext {
             .field("request_id", &self.request_id)
             .field("deadline", &self.deadline)
             .field("metadata_keys", &keys)
-            .field("extensions", &self.extensions)
+            .field("extensions", self.extensions())
             .finish()
     }
 }

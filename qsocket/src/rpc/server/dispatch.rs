@@ -35,18 +35,22 @@ pub(super) struct Shared<L> {
 
 /// Where a dispatched call is.
 enum Stage<L> {
-    /// A layer's asynchronous admission check is running; the handler starts when it admits.
-    Admitting {
-        check: AdmitFuture,
-        handler: Arc<dyn Handler>,
-        head: RequestHead,
-        body: Bytes,
-        shared: Arc<Shared<L>>,
-    },
+    /// A layer's asynchronous admission check is running; the handler starts when it admits
+    /// (boxed: rare, and it would make every call's state larger).
+    Admitting(Box<Admitting<L>>),
     /// The handler is running (or has finished: its result is inside).
     Running(Pin<Box<dyn Running>>),
     /// Ended before a handler ran, or already taken.
     Failed(Option<Status>),
+}
+
+/// A call waiting for an asynchronous admission check.
+struct Admitting<L> {
+    check: AdmitFuture,
+    handler: Arc<dyn Handler>,
+    head: RequestHead,
+    body: Bytes,
+    shared: Arc<Shared<L>>,
 }
 
 /// A dispatched call: polled once in place, parked if still pending.
@@ -147,6 +151,23 @@ fn run_handler<L: ServerLayer>(
     }
 }
 
+/// Polls a running handler with the call's deadline as the inherited one; a panic becomes
+/// an `internal` status.
+fn poll_running(
+    call: &mut Pin<Box<dyn Running>>,
+    deadline: Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Status>> {
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        with_deadline(deadline, || call.as_mut().poll_call(cx))
+    }));
+    match polled {
+        Ok(Poll::Pending) => Poll::Pending,
+        Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+        Err(panic) => Poll::Ready(Err(panic_status(panic))),
+    }
+}
+
 impl<L: ServerLayer> Future for InFlight<L> {
     type Output = Ended<L>;
 
@@ -161,13 +182,14 @@ impl<L: ServerLayer> Future for InFlight<L> {
         let deadline = this.deadline;
         loop {
             match &mut this.stage {
-                Stage::Admitting {
-                    check,
-                    handler,
-                    head,
-                    body,
-                    shared,
-                } => {
+                Stage::Admitting(a) => {
+                    let Admitting {
+                        check,
+                        handler,
+                        head,
+                        body,
+                        shared,
+                    } = &mut **a;
                     let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         with_deadline(deadline, || check.as_mut().poll(cx))
                     }));
@@ -187,18 +209,15 @@ impl<L: ServerLayer> Future for InFlight<L> {
                     this.stage = next;
                 }
                 Stage::Running(call) => {
-                    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        with_deadline(deadline, || call.as_mut().poll_call(cx))
-                    }));
-                    let outcome = match polled {
-                        Ok(Poll::Pending) => return Poll::Pending,
-                        Ok(Poll::Ready(())) => {
+                    let outcome = match poll_running(call, deadline, cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => {
                             match std::mem::replace(&mut this.stage, Stage::Failed(None)) {
                                 Stage::Running(call) => Outcome::Done(call),
                                 _ => Outcome::Failed(Status::internal("call lost")),
                             }
                         }
-                        Err(panic) => Outcome::Failed(panic_status(panic)),
+                        Poll::Ready(Err(st)) => Outcome::Failed(st),
                     };
                     return this.end(outcome);
                 }
@@ -327,6 +346,20 @@ impl<L: ServerLayer> RpcServerListener<L> {
             outcome,
             observe,
         } = ended;
+        self.answer(ctx, id, codec, oneway, outcome, observe);
+    }
+
+    /// [`finish`](Self::finish) in pieces (no [`Ended`] is made for a call that ends in its
+    /// first poll).
+    fn answer(
+        &mut self,
+        ctx: &mut Ctx<'_, Bytes>,
+        id: u64,
+        codec: u8,
+        oneway: bool,
+        outcome: Outcome,
+        observe: Option<Observe<L>>,
+    ) {
         let layer = &self.shared.layer;
         if oneway {
             if let Some(mut o) = observe {
@@ -383,7 +416,7 @@ impl<L: ServerLayer> RpcServerListener<L> {
         ctx: &Ctx<'_, Bytes>,
         frame: &Frame,
         deadline: Option<Instant>,
-    ) -> Result<InFlight<L>, Status> {
+    ) -> Result<(Stage<L>, Option<Observe<L>>), Status> {
         let codec = Codec::from_id(frame.codec)
             .ok_or_else(|| Status::unimplemented(format!("unknown codec id {}", frame.codec)))?;
         if !frame.metadata().is_valid() {
@@ -417,24 +450,15 @@ impl<L: ServerLayer> RpcServerListener<L> {
         let stage = match admit {
             Admit::Pass => run_handler(None, &**handler, head, frame.body(), call, &mut observe),
             Admit::Refuse(st) => return Err(st),
-            Admit::Wait(check) => Stage::Admitting {
+            Admit::Wait(check) => Stage::Admitting(Box::new(Admitting {
                 check,
                 handler: handler.clone(),
                 head,
                 body: frame.body(),
                 shared: self.shared.clone(),
-            },
+            })),
         };
-        Ok(InFlight {
-            id: frame.id,
-            codec: frame.codec,
-            oneway: frame.kind == kind::ONEWAY,
-            deadline,
-            stage,
-            observe,
-            timer: None,
-            _held: None,
-        })
+        Ok((stage, observe))
     }
 
     /// Starts a request: dispatch, poll once in place (with the session task's context), park
@@ -445,8 +469,8 @@ impl<L: ServerLayer> RpcServerListener<L> {
         let (id, codec) = (frame.id, frame.codec);
         let deadline = (frame.timeout_ms > 0)
             .then(|| ctx.received_at() + Duration::from_millis(u64::from(frame.timeout_ms)));
-        let mut call = match self.dispatch(ctx, frame, deadline) {
-            Ok(call) => call,
+        let (stage, observe) = match self.dispatch(ctx, frame, deadline) {
+            Ok(started) => started,
             Err(st) => {
                 if !oneway {
                     Self::reply(self.udp, ctx, id, codec, Outcome::Failed(st));
@@ -454,7 +478,37 @@ impl<L: ServerLayer> RpcServerListener<L> {
                 return;
             }
         };
-        match Pin::new(&mut call).poll(cx) {
+        // The usual case, a handler that ends in its first poll, is answered from here: no
+        // parked call's state is made or moved for it.
+        let stage = match stage {
+            Stage::Running(mut run) => match poll_running(&mut run, deadline, cx) {
+                Poll::Ready(r) => {
+                    let outcome = match r {
+                        Ok(()) => Outcome::Done(run),
+                        Err(st) => Outcome::Failed(st),
+                    };
+                    return self.answer(ctx, id, codec, oneway, outcome, observe);
+                }
+                Poll::Pending => Stage::Running(run),
+            },
+            other => other,
+        };
+        let mut call = InFlight {
+            id,
+            codec,
+            oneway,
+            deadline,
+            stage,
+            observe,
+            timer: None,
+            _held: None,
+        };
+        let polled = match &call.stage {
+            // Polled just now.
+            Stage::Running(_) => Poll::Pending,
+            _ => Pin::new(&mut call).poll(cx),
+        };
+        match polled {
             Poll::Ready(ended) => self.finish(ctx, ended),
             Poll::Pending => {
                 if let Some(o) = call.observe.as_mut() {
