@@ -84,7 +84,17 @@ fn encode_json<T: serde::Serialize>(v: &T, buf: &mut BytesMut) -> Result<(), Sta
         .map_err(|e| Status::internal(format!("json encode: {e}")))
 }
 
+/// An empty body is the empty message in every codec, as in protobuf: in JSON it reads as
+/// `{}` (or `null`, for types that are not objects). A failsafe result is one.
 fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    if body.is_empty() {
+        if let Ok(v) = serde_json::from_slice(b"{}") {
+            return Ok(v);
+        }
+        if let Ok(v) = serde_json::from_slice(b"null") {
+            return Ok(v);
+        }
+    }
     serde_json::from_slice(body).map_err(|e| {
         Status::invalid_argument(format!(
             "cannot decode json {}: {e}",

@@ -21,6 +21,7 @@
 
 pub mod balance;
 mod client;
+mod cluster;
 mod codec;
 mod context;
 #[doc(hidden)]
@@ -31,6 +32,7 @@ mod metadata;
 mod server;
 mod status;
 
+pub use balance::{Breaker, Circuit};
 pub use client::{
     layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, Call, CallOptions, Channel, ClientLayer,
     DynInvoke, Identity, Invoke, LayerFn, Request, Response, RpcClient, RpcClientBuilder,
@@ -38,6 +40,10 @@ pub use client::{
 };
 #[cfg(feature = "tower")]
 pub use client::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
+pub use cluster::{
+    retryable, Cluster, ClusterCounters, ClusterInvoke, HedgeDelay, Policy, RetryBudget, Strategy,
+    DEFAULT_FAILBACK_QUEUE,
+};
 pub use codec::{Codec, Json, Message, Proto};
 pub use context::{current_deadline, CallContext, Extensions};
 pub use frame::{Limits, Metadata};

@@ -9,9 +9,9 @@
 //! implements [`Balancer`].
 
 use super::instance::Instance;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 mod hash_ring;
 mod least_active;
@@ -194,6 +194,58 @@ pub struct NodeState {
     ewma_ns: AtomicU64,
     /// Failures since the last success.
     failures: AtomicU32,
+    /// Circuit breaker: 0 while closed; otherwise when the open circuit may be probed, in
+    /// [`now_ms`] time.
+    open_until: AtomicU64,
+    /// Circuit breaker: the half-open probe is out.
+    probing: AtomicBool,
+}
+
+/// Milliseconds since this process first asked (never 0).
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// A circuit breaker per instance: after `failures` failed calls in a row an instance is
+/// skipped for `cooldown`; then one call probes it (half-open): success closes the circuit,
+/// failure opens it for another `cooldown`. While open (or probing) balancers do not see the
+/// instance as live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Breaker {
+    /// Failures in a row that open the circuit (at least 1).
+    pub failures: u32,
+    /// How long an open circuit skips the instance before probing it.
+    pub cooldown: Duration,
+}
+
+impl Breaker {
+    /// Opens after `failures` failures in a row, for `cooldown`.
+    pub fn new(failures: u32, cooldown: Duration) -> Self {
+        Breaker {
+            failures: failures.max(1),
+            cooldown,
+        }
+    }
+}
+
+impl Default for Breaker {
+    /// 5 failures in a row, 5 s of cool-down.
+    fn default() -> Self {
+        Breaker::new(5, Duration::from_secs(5))
+    }
+}
+
+/// Where an instance's circuit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Circuit {
+    /// Calls go to it.
+    Closed,
+    /// Skipped until the cool-down ends.
+    Open,
+    /// The cool-down ended: the next call probes it (and until that call ends, no other).
+    HalfOpen,
 }
 
 impl Node {
@@ -251,6 +303,72 @@ impl Node {
         self.0.state.failures.load(Ordering::Relaxed)
     }
 
+    /// Where its circuit breaker is ([`Circuit::Closed`] when the client has none).
+    pub fn circuit(&self) -> Circuit {
+        match self.0.state.open_until.load(Ordering::Acquire) {
+            0 => Circuit::Closed,
+            t if now_ms() < t => Circuit::Open,
+            _ => Circuit::HalfOpen,
+        }
+    }
+
+    /// Whether a call may go to it now (breaker): closed, or half-open and this call takes
+    /// the one probe (`probe` is then set).
+    pub(crate) fn admits(&self, now: u64, probe: &mut bool) -> bool {
+        let st = &self.0.state;
+        match st.open_until.load(Ordering::Acquire) {
+            0 => true,
+            t if now < t => false,
+            _ => {
+                *probe = st
+                    .probing
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok();
+                *probe
+            }
+        }
+    }
+
+    /// Whether its circuit is not closed (one load).
+    pub(crate) fn tripped(&self) -> bool {
+        self.0.state.open_until.load(Ordering::Relaxed) != 0
+    }
+
+    /// Feeds a call's outcome to the breaker `b` (after [`end_call`](Self::end_call) or
+    /// [`record`](Self::record) counted it).
+    pub(crate) fn breaker_outcome(&self, ok: bool, b: &Breaker) {
+        let st = &self.0.state;
+        let open = st.open_until.load(Ordering::Acquire) != 0;
+        if ok {
+            if open {
+                st.open_until.store(0, Ordering::Release);
+                st.probing.store(false, Ordering::Release);
+                tracing::info!(endpoint = %self.instance().endpoint(), "circuit closed");
+            }
+            return;
+        }
+        if open || st.failures.load(Ordering::Relaxed) >= b.failures {
+            let until = now_ms() + b.cooldown.as_millis() as u64;
+            st.open_until.store(until, Ordering::Release);
+            st.probing.store(false, Ordering::Release);
+            if !open {
+                tracing::warn!(endpoint = %self.instance().endpoint(), failures = b.failures, cooldown = ?b.cooldown, "circuit opened");
+            }
+        }
+    }
+
+    /// A call given up by its caller: no longer in flight (when `counted`), no outcome; a
+    /// half-open probe it was is given back for another call to make.
+    pub(crate) fn abandon_call(&self, counted: bool) {
+        let st = &self.0.state;
+        if counted {
+            st.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if st.probing.load(Ordering::Relaxed) {
+            st.probing.store(false, Ordering::Release);
+        }
+    }
+
     /// Marks a call as started on this node.
     pub fn start_call(&self) {
         self.0.state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -301,6 +419,7 @@ impl std::fmt::Debug for Node {
             .field("in_flight", &self.in_flight())
             .field("latency", &self.latency())
             .field("failures", &self.failures())
+            .field("circuit", &self.circuit())
             .finish()
     }
 }

@@ -2,7 +2,7 @@
 //! connections per instance, picks one through the balancer for each call, and sends the
 //! request as a frame on it.
 
-use super::super::balance::Node;
+use super::super::balance::{Breaker, Node};
 use super::super::codec::Codec;
 use super::super::frame::{
     control_frame_mut, encode_frame, kind, EncodeError, FrameCodec, Header, HEADER_LEN,
@@ -288,6 +288,12 @@ impl Channel {
         self.inner.live.live_count()
     }
 
+    /// The live instances with their state (calls in flight, latency, failures, circuit), as
+    /// the balancer sees them now.
+    pub fn live_nodes(&self) -> Vec<Node> {
+        self.inner.live.live_nodes()
+    }
+
     /// Calls in flight on all connections.
     pub fn in_flight(&self) -> usize {
         lock(&self.inner.endpoints)
@@ -368,9 +374,11 @@ struct CallGuard<'a> {
     written: bool,
     /// How the call ended, for the node's state: latency when answered, and whether the
     /// instance did its part (a call given up by its caller counts as neither).
-    ended: (Option<Duration>, bool),
+    ended: (Option<Duration>, Option<bool>),
     /// Whether the call is counted in its node's calls in flight.
     counted: bool,
+    /// The client's circuit breaker, fed the call's outcome.
+    breaker: Option<Breaker>,
 }
 
 impl Drop for CallGuard<'_> {
@@ -382,10 +390,20 @@ impl Drop for CallGuard<'_> {
                 .try_send(control_frame_mut(kind::CANCEL, 0, self.id));
         }
         let (latency, ok) = self.ended;
-        if self.counted {
-            self.node.end_call(latency, ok);
-        } else {
-            self.node.record(latency, ok);
+        match ok {
+            Some(ok) => {
+                if self.counted {
+                    self.node.end_call(latency, ok);
+                } else {
+                    self.node.record(latency, ok);
+                }
+                if let Some(b) = &self.breaker {
+                    self.node.breaker_outcome(ok, b);
+                }
+            }
+            // Given up by its caller (a race's loser, a cancelled task): the instance did
+            // nothing wrong, nor proved anything.
+            None => self.node.abandon_call(self.counted),
         }
         // The last call on a connection the server asked us to leave closes it.
         if self.conn.state.draining.load(Ordering::Acquire)
@@ -468,13 +486,14 @@ impl Invoke for Channel {
             id,
             armed: !oneway,
             written: false,
-            ended: (None, true),
+            ended: (None, Some(true)),
             counted,
+            breaker: self.inner.live.breaker,
         };
         // A session that closed after we picked it has already failed its calls (or is about
         // to, under the closed flag): do not wait on it.
         if !oneway && conn.session.is_closed() {
-            guard.ended.1 = false;
+            guard.ended.1 = Some(false);
             return Err(Status::unavailable("connection closed").with_sent(Sent::No));
         }
         let remaining = req.deadline.saturating_duration_since(now);
@@ -485,7 +504,12 @@ impl Invoke for Channel {
             );
         }
         // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
-        let timeout_ms = u32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
+        // (In 64-bit arithmetic: a 128-bit division costs more than the rest of the header.)
+        let ms = remaining
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(remaining.subsec_nanos().div_ceil(1_000_000)));
+        let timeout_ms = u32::try_from(ms).unwrap_or(u32::MAX);
         let h = Header {
             kind: if oneway { kind::ONEWAY } else { kind::REQUEST },
             codec: req.codec.id(),
@@ -526,7 +550,7 @@ impl Invoke for Channel {
         };
         // Queue without a timer when there is room (the usual case); wait, bounded by the
         // deadline, only when the connection is behind.
-        guard.ended.1 = false;
+        guard.ended.1 = Some(false);
         // Whether the waker given at `insert` is still this task's (no await since).
         let mut registered = true;
         match conn.session.try_send(buf) {
@@ -547,8 +571,10 @@ impl Invoke for Channel {
             }
         }
         guard.written = true;
+        // Dropped from here on before an outcome, the call was given up by its caller.
+        guard.ended.1 = None;
         if oneway {
-            guard.ended.1 = true;
+            guard.ended.1 = Some(true);
             return Ok(Response {
                 codec: req.codec,
                 ..Response::default()
@@ -568,6 +594,7 @@ impl Invoke for Channel {
         let frame = match outcome {
             Ok(frame) => frame,
             Err(st) => {
+                guard.ended.1 = Some(false);
                 if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe {
                     // Tell the server it may stop working on it.
                     let _ = conn
@@ -592,7 +619,7 @@ impl Invoke for Channel {
                 code,
                 Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded
             );
-            guard.ended = (latency, !failed);
+            guard.ended = (latency, Some(!failed));
             let msg = String::from_utf8_lossy(&frame.body()).into_owned();
             return Err(yes(Status::new(code, msg)));
         }
@@ -602,7 +629,7 @@ impl Invoke for Channel {
                 frame.codec
             )))
         })?;
-        guard.ended = (latency, true);
+        guard.ended = (latency, Some(true));
         Ok(Response {
             codec,
             body: frame.body(),

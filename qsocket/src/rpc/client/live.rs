@@ -2,7 +2,7 @@
 //! snapshot that calls pick from. Connections join and leave it through their session
 //! listener; a dead, draining or removed instance leaves the pick set at once.
 
-use super::super::balance::{Balancer, Node, Pick};
+use super::super::balance::{now_ms, Balancer, Breaker, Node, Pick};
 use super::super::frame::{control_frame_mut, kind, Frame, FLAG_REPLY};
 use super::super::instance::Instance;
 use super::super::status::{Sent, Status};
@@ -69,6 +69,8 @@ pub(crate) struct Live {
     pub(crate) wants_latency: bool,
     /// Whether calls in flight are counted per instance for the balancers.
     pub(crate) wants_in_flight: bool,
+    /// The circuit breaker per instance, if the client has one.
+    pub(crate) breaker: Option<Breaker>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,7 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Live {
-    pub(crate) fn new(balancers: Balancers) -> Self {
+    pub(crate) fn new(balancers: Balancers, breaker: Option<Breaker>) -> Self {
         let wants_latency = balancers.all().any(|b| b.wants_latency());
         let wants_in_flight = balancers.all().any(|b| b.wants_in_flight());
         Live {
@@ -87,6 +89,7 @@ impl Live {
             closed: AtomicBool::new(false),
             wants_latency,
             wants_in_flight,
+            breaker,
         }
     }
 
@@ -179,30 +182,23 @@ impl Live {
         if set.nodes.is_empty() {
             return Ok(None);
         }
-        let balancer = self.balancers.for_service(req.service);
-        let call = Pick {
-            service: req.service,
-            method: req.method,
-            hash_key: req.hash_key,
-            exclude: &req.exclude,
-        };
-        let Some(i) = balancer.pick(&call, &set.nodes) else {
-            return Err(Status::unavailable(format!(
-                "balancer {} found no instance for {}.{}",
-                balancer.name(),
-                req.service,
-                req.method
-            ))
-            .with_sent(Sent::No));
+        let i = match req
+            .affinity
+            .and_then(|k| set.nodes.iter().position(|n| n.key() == k))
+        {
+            Some(i) => i,
+            None => self.balance(req, &set.nodes)?,
         };
         let (Some(node), Some(conns)) = (set.nodes.get(i), set.conns.get(i)) else {
             return Err(Status::internal(format!(
-                "balancer {} picked instance {i} of {}",
-                balancer.name(),
+                "balancer picked instance {i} of {}",
                 set.nodes.len()
             ))
             .with_sent(Sent::No));
         };
+        if let Some(spread) = &req.spread {
+            lock(&spread.taken).push(node.key());
+        }
         let n = conns.len();
         let start = if n == 1 {
             0
@@ -213,12 +209,103 @@ impl Live {
         Ok(conn.map(|c| (node.clone(), c.clone())))
     }
 
+    /// The balancer's pick among `nodes` for `req`. Instances the call excludes are avoided
+    /// while another is live; when every live one is excluded, only the last exclusion holds
+    /// (a retry never goes to the instance that just failed while another is live).
+    fn balance(&self, req: &Request<'_>, nodes: &[Node]) -> Result<usize, Status> {
+        let balancer = self.balancers.for_service(req.service);
+        let mut call = Pick {
+            service: req.service,
+            method: req.method,
+            hash_key: req.hash_key,
+            exclude: &req.exclude,
+        };
+        // Instances an open circuit skips (none without a breaker: no look at the nodes).
+        let mut blocked = Vec::new();
+        if self.breaker.is_some() && nodes.iter().any(Node::tripped) {
+            let now = now_ms();
+            for (i, n) in nodes.iter().enumerate() {
+                let mut probe = false;
+                if !n.admits(now, &mut probe) {
+                    blocked.push(n.key());
+                } else if probe {
+                    // This call probes a half-open circuit: it goes there.
+                    return Ok(i);
+                }
+            }
+            if blocked.len() == nodes.len() {
+                return Err(Status::unavailable(format!(
+                    "circuit open for every instance of {}",
+                    req.service
+                ))
+                .with_sent(Sent::No));
+            }
+        }
+        // Attempts of one call sent at once avoid each other's instances too (rare: a copy).
+        let taken = req.spread.as_ref().map(|s| lock(&s.taken).clone());
+        let avoid: Vec<u64>;
+        let extra = taken.as_deref().unwrap_or_default();
+        if !extra.is_empty() || !blocked.is_empty() {
+            avoid = req
+                .exclude
+                .iter()
+                .chain(extra)
+                .chain(&blocked)
+                .copied()
+                .collect();
+            call.exclude = &avoid;
+        }
+        if call.all_excluded(nodes) {
+            // Every live instance is excluded: only the last exclusion (and open circuits)
+            // still hold.
+            let soft = req.exclude.iter().chain(extra).last().copied();
+            let fallback: Vec<u64> = blocked.iter().copied().chain(soft).collect();
+            let i = self.pick_among(balancer, &call, nodes, &fallback, &blocked)?;
+            return Ok(i);
+        }
+        self.pick_among(balancer, &call, nodes, call.exclude, &blocked)
+    }
+
+    /// The balancer's pick with `exclude`, never an instance in `blocked`.
+    fn pick_among(
+        &self,
+        balancer: &Arc<dyn Balancer>,
+        call: &Pick<'_>,
+        nodes: &[Node],
+        exclude: &[u64],
+        blocked: &[u64],
+    ) -> Result<usize, Status> {
+        let call = Pick { exclude, ..*call };
+        let i = balancer.pick(&call, nodes).ok_or_else(|| {
+            Status::unavailable(format!(
+                "balancer {} found no instance for {}.{}",
+                balancer.name(),
+                call.service,
+                call.method
+            ))
+            .with_sent(Sent::No)
+        })?;
+        match nodes.get(i) {
+            Some(n) if !blocked.is_empty() && blocked.contains(&n.key()) => nodes
+                .iter()
+                .position(|n| !blocked.contains(&n.key()))
+                .ok_or_else(|| {
+                    Status::unavailable("circuit open for every instance").with_sent(Sent::No)
+                }),
+            _ => Ok(i),
+        }
+    }
+
     /// Whether some instance is live.
     pub(crate) fn any_live(&self) -> bool {
         self.live_count() > 0
     }
 
     /// How many instances are live.
+    pub(crate) fn live_nodes(&self) -> Vec<Node> {
+        lock(&self.set).nodes.clone()
+    }
+
     pub(crate) fn live_count(&self) -> usize {
         lock(&self.set).nodes.len()
     }

@@ -20,11 +20,13 @@ pub use layer::{
     layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, ClientLayer, DynInvoke, Identity, Invoke,
     LayerFn, Stack,
 };
+pub(crate) use request::Spread;
 pub use request::{CallOptions, Request, Response};
 #[cfg(feature = "tower")]
 pub use tower::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
 
-use super::balance::{hash_key, Balancer, RoundRobin};
+use super::balance::{hash_key, Balancer, Breaker, RoundRobin};
+use super::cluster::Policy;
 use super::codec::{unspoken, Codec, Message};
 use super::context::current_deadline;
 use super::frame::Limits;
@@ -60,6 +62,8 @@ pub struct RpcClientConfig {
     pub limits: Limits,
     /// Session settings (its cron period and timeout are set from `heartbeat`).
     pub session: SessionConfig,
+    /// A circuit breaker per instance. Default none.
+    pub breaker: Option<Breaker>,
 }
 
 impl Default for RpcClientConfig {
@@ -73,6 +77,7 @@ impl Default for RpcClientConfig {
             wait_for_connection: false,
             limits: Limits::default(),
             session: SessionConfig::default(),
+            breaker: None,
         }
     }
 }
@@ -116,6 +121,12 @@ impl RpcClientConfig {
     /// connection up to their deadline instead of failing fast. Default false.
     pub fn wait_for_connection(mut self, wait: bool) -> Self {
         self.wait_for_connection = wait;
+        self
+    }
+
+    /// Sets [`breaker`](field@Self::breaker): a circuit breaker per instance. Default none.
+    pub fn breaker(mut self, breaker: Breaker) -> Self {
+        self.breaker = Some(breaker);
         self
     }
 
@@ -361,6 +372,13 @@ impl RpcClientBuilder {
         self
     }
 
+    /// A circuit breaker per instance: after a run of failures an instance is skipped for a
+    /// cool-down, then probed with one call (see [`Breaker`]).
+    pub fn breaker(mut self, breaker: Breaker) -> Self {
+        self.cfg.breaker = Some(breaker);
+        self
+    }
+
     /// Frame size limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.cfg.limits = limits;
@@ -417,7 +435,11 @@ impl RpcClientBuilder {
         #[cfg(not(feature = "tls"))]
         let tls = None::<()>;
         let (codec, timeout) = (self.cfg.codec, self.cfg.timeout);
-        let channel = Channel::new(Arc::new(Live::new(balancers)), self.cfg, tls);
+        let channel = Channel::new(
+            Arc::new(Live::new(balancers, self.cfg.breaker)),
+            self.cfg,
+            tls,
+        );
         channel.follow(source.as_ref(), background).await;
         Ok(RpcClient {
             invoke: Arc::new(channel.clone()),
@@ -486,6 +508,13 @@ impl<'a, I: Invoke> Call<'a, I> {
     /// With no live connection, waits for one up to the deadline instead of failing fast.
     pub fn wait_for_connection(mut self) -> Self {
         self.options.wait_for_connection = true;
+        self
+    }
+
+    /// The cluster policy of this call (read by a [`Cluster`](crate::rpc::Cluster) layer, over
+    /// the policy it would give the method).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.options.policy = Some(policy);
         self
     }
 

@@ -2,9 +2,11 @@
 //! front has encoded the message, before the transport frames it.
 
 use super::super::balance::Node;
+use super::super::cluster::Policy;
 use super::super::codec::Codec;
 use super::super::metadata::MetadataMap;
 use bytes::Bytes;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// One call on its way out: names, codec, deadline, metadata, the encoded body, and what the
@@ -33,6 +35,16 @@ pub struct Request<'a> {
     /// The instance the last attempt was sent to, set by the transport (`None` if no instance
     /// was picked).
     pub instance: Option<Node>,
+    /// The instance ([`Node::key`]) to call if it is live, whatever the balancer would pick (a
+    /// failtry sets it to retry on the same instance).
+    pub affinity: Option<u64>,
+    /// Retries a strategy layer sent for this call (read by layers above it, statistics).
+    pub retries: u32,
+    /// Hedges and extra forks a strategy layer sent for this call.
+    pub hedges: u32,
+    /// Attempts of one call sent at once to distinct instances (forking, hedging): each
+    /// attempt's pick avoids the instances the others took.
+    pub(crate) spread: Option<Arc<Spread>>,
     /// The clock reading the typed front took (saves the transport reading it again on a
     /// first attempt).
     pub(crate) now: Option<Instant>,
@@ -58,9 +70,41 @@ impl<'a> Request<'a> {
             options: CallOptions::default(),
             exclude: Vec::new(),
             instance: None,
+            affinity: None,
+            retries: 0,
+            hedges: 0,
+            spread: None,
             now: None,
         }
     }
+
+    /// A copy for another attempt of the same call (names, codec, deadline, metadata, body,
+    /// hash key, options and exclusions; no instance yet).
+    pub fn attempt_copy(&self) -> Request<'a> {
+        Request {
+            service: self.service,
+            method: self.method,
+            codec: self.codec,
+            deadline: self.deadline,
+            metadata: self.metadata.clone(),
+            body: self.body.clone(),
+            hash_key: self.hash_key,
+            options: self.options,
+            exclude: self.exclude.clone(),
+            instance: None,
+            affinity: self.affinity,
+            retries: 0,
+            hedges: 0,
+            spread: self.spread.clone(),
+            now: None,
+        }
+    }
+}
+
+/// The instances the attempts of one forking or hedging call were sent to.
+#[derive(Debug, Default)]
+pub(crate) struct Spread {
+    pub(crate) taken: Mutex<Vec<u64>>,
 }
 
 /// Options of one call.
@@ -75,6 +119,9 @@ pub struct CallOptions {
     /// With no live connection, wait for one up to the deadline instead of failing fast with
     /// `unavailable` once every instance has refused.
     pub wait_for_connection: bool,
+    /// The cluster policy of this call, over the one a [`Cluster`](crate::rpc::Cluster)
+    /// layer would give it.
+    pub policy: Option<Policy>,
 }
 
 /// The answer to a call, before its typed front decodes it.
