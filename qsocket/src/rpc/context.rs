@@ -129,6 +129,16 @@ impl CallContext {
             .unwrap_or_default()
     }
 
+    /// The request's encoded body, as the client sent it (a slice of the request frame; an
+    /// authenticator checks a signature over it).
+    pub fn request_body(&self) -> &[u8] {
+        let start = HEADER_LEN
+            + self.service_len as usize
+            + self.method_len as usize
+            + self.metadata_len as usize;
+        self.frame.get(start..).unwrap_or_default()
+    }
+
     /// The request's metadata entries (as server layers left them).
     pub fn metadata(&self) -> Metadata<'_> {
         match self.extra.as_ref().and_then(|x| x.edited.as_ref()) {

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod balance;
 mod client;
 mod cluster;
@@ -30,8 +31,10 @@ mod instance;
 pub mod json;
 mod metadata;
 mod server;
+mod stats;
 mod status;
 
+pub use auth::{AccessKey, AccessKeys, Auth, Authenticator, BearerToken, BearerTokens, Principal};
 pub use balance::{Breaker, Circuit};
 pub use client::{
     layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, Call, CallOptions, Channel, ClientLayer,
@@ -55,4 +58,7 @@ pub use server::{
     Admit, AdmitFuture, BoxServerLayer, DynServerLayer, IntoReply, NamedService, Router, RpcServer,
     RpcServerBuilder, RpcServerConfig, ServerLayer, ServerStack, Service,
 };
+#[cfg(feature = "metrics")]
+pub use stats::MetricsServer;
+pub use stats::{MethodStats, Side, Stats, StatsInvoke, StatsLayer, StatsSnapshot};
 pub use status::{Code, Sent, Status};

@@ -111,6 +111,8 @@ impl RpcServerConfig {
 #[must_use = "dropping the server stops serving at once; keep it, or call `shutdown`"]
 pub struct RpcServer {
     inner: Server,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::rpc::MetricsServer>,
 }
 
 impl RpcServer {
@@ -127,6 +129,8 @@ impl RpcServer {
             backlog: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -145,6 +149,14 @@ impl RpcServer {
     /// `RpcClient::connect(&ep.to_string())`).
     pub fn endpoint(&self, transport: Transport) -> Option<&Endpoint> {
         self.inner.endpoint(transport)
+    }
+
+    /// Where [`RpcServerBuilder::metrics`] serves `/metrics`, if it was asked to.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::rpc::MetricsServer::local_addr)
     }
 
     /// Sessions open now (connections and UDP peers).
@@ -206,6 +218,8 @@ pub struct RpcServerBuilder<L = ()> {
     backlog: Option<u32>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ServerConfig>>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<(String, Vec<crate::rpc::Stats>)>,
 }
 
 impl<L> fmt::Debug for RpcServerBuilder<L> {
@@ -234,7 +248,22 @@ impl<L: ServerLayer> RpcServerBuilder<L> {
             backlog: self.backlog,
             #[cfg(feature = "tls")]
             tls: self.tls,
+            #[cfg(feature = "metrics")]
+            metrics: self.metrics,
         }
+    }
+
+    /// Serves `stats` in Prometheus text format at `GET /metrics` over HTTP on `addr` (an
+    /// address of its own, e.g. `"127.0.0.1:9464"`), for as long as the server runs (see
+    /// [`MetricsServer`](crate::rpc::MetricsServer); feature `metrics`).
+    #[cfg(feature = "metrics")]
+    pub fn metrics(
+        mut self,
+        addr: &str,
+        stats: impl IntoIterator<Item = crate::rpc::Stats>,
+    ) -> Self {
+        self.metrics = Some((addr.to_string(), stats.into_iter().collect()));
+        self
     }
 
     /// Adds an address: `tcp://`, `udp://`, `ws://host:port/path` (and `tls://`, `wss://`).
@@ -378,8 +407,15 @@ impl<L: ServerLayer> RpcServerBuilder<L> {
         if let Some(t) = self.tls {
             b = b.tls(t);
         }
+        #[cfg(feature = "metrics")]
+        let metrics = match self.metrics {
+            Some((addr, stats)) => Some(crate::rpc::MetricsServer::bind(&addr, stats).await?),
+            None => None,
+        };
         Ok(RpcServer {
             inner: b.start().await?,
+            #[cfg(feature = "metrics")]
+            metrics,
         })
     }
 }

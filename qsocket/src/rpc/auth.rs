@@ -1,0 +1,570 @@
+//! User auth: credentials on the client (a client layer that adds them to each request's
+//! metadata) and an authenticator on the server (a server layer that refuses a call before
+//! any handler runs, and hands the handler the caller's [`Principal`]).
+//!
+//! Two schemes ship:
+//! - **Bearer token** ([`BearerToken`] / [`BearerTokens`]): metadata
+//!   `authorization: Bearer <token>`. Tokens are kept and compared as SHA-256 digests, in
+//!   constant time.
+//! - **Access key** ([`AccessKey`] / [`AccessKeys`]): a key id and an HMAC-SHA256 signature
+//!   over service, method, timestamp, nonce and the SHA-256 digest of the body, in metadata
+//!   `x-qs-key`, `x-qs-ts` (Unix milliseconds), `x-qs-nonce` and `x-qs-sig` (hex). The server
+//!   refuses a timestamp outside its clock-skew window and a nonce it has seen within it, so a
+//!   captured request cannot be replayed, and a changed body or name breaks the signature.
+//!
+//! Refusals: `unauthenticated` (missing, malformed, wrong, expired or replayed credentials)
+//! or `permission_denied` (a known identity that a per-method rule does not allow). Secrets
+//! never appear in logs, errors or `Debug` output.
+//!
+//! Put the client's credentials layer *inside* a [`Cluster`](super::Cluster) layer (add it
+//! first), so that every attempt of a retried call is signed with a fresh nonce.
+
+use super::client::{ClientLayer, Invoke, Request, Response};
+use super::context::CallContext;
+use super::server::{Admit, ServerLayer};
+use super::status::Status;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Metadata key of a bearer token.
+pub const AUTHORIZATION: &str = "authorization";
+/// Metadata key of an access key's id.
+pub const KEY_ID: &str = "x-qs-key";
+/// Metadata key of an access-key request's timestamp (Unix milliseconds).
+pub const TIMESTAMP: &str = "x-qs-ts";
+/// Metadata key of an access-key request's nonce.
+pub const NONCE: &str = "x-qs-nonce";
+/// Metadata key of an access-key request's signature (hex HMAC-SHA256).
+pub const SIGNATURE: &str = "x-qs-sig";
+
+/// Who a call comes from, as an authenticator established it: an id and roles. A handler
+/// reads it from its context ([`Principal::of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's id (a user, a service account, an access key's owner).
+    pub id: String,
+    /// What the caller may do, as per-method rules name it.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// An identity with no roles.
+    pub fn new(id: impl Into<String>) -> Self {
+        Principal {
+            id: id.into(),
+            roles: Vec::new(),
+        }
+    }
+
+    /// The same identity with one more role.
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.roles.push(role.into());
+        self
+    }
+
+    /// The identity an [`Auth`] layer attached to `call`, if any.
+    pub fn of(call: &CallContext) -> Option<&Principal> {
+        call.extensions().get::<Principal>()
+    }
+}
+
+/// Establishes who a call comes from, or refuses it (`unauthenticated`).
+pub trait Authenticator: Send + Sync + 'static {
+    /// The caller of `call`, from its metadata (and, for signatures, its names and body).
+    fn authenticate(&self, call: &CallContext) -> Result<Principal, Status>;
+}
+
+/// A per-method rule: which roles may call it.
+#[derive(Clone, Debug)]
+struct Rule {
+    service: String,
+    /// `None`: every method of the service.
+    method: Option<String>,
+    roles: Vec<String>,
+}
+
+/// The server layer of user auth: authenticates every call with `A` before any handler runs,
+/// applies per-method rules, and attaches the [`Principal`] to the call.
+///
+/// ```
+/// use qsocket::rpc::{Auth, BearerTokens, Principal, RpcServer, Router};
+/// let auth = Auth::new(
+///     BearerTokens::new()
+///         .token("s3cret-admin", Principal::new("ada").role("admin"))
+///         .token("s3cret-user", Principal::new("bob")),
+/// )
+/// .allow("bank.Ledger", "Close", &["admin"]);
+/// let builder = RpcServer::builder(Router::new()).layer(auth);
+/// ```
+pub struct Auth<A> {
+    authenticator: A,
+    rules: Vec<Rule>,
+}
+
+impl<A: fmt::Debug> fmt::Debug for Auth<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("authenticator", &self.authenticator)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+impl<A: Authenticator> Auth<A> {
+    /// Authenticates every call with `authenticator`; every identity may call every method
+    /// until rules say otherwise.
+    pub fn new(authenticator: A) -> Self {
+        Auth {
+            authenticator,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Only identities with one of `roles` may call `service.method` (`method` `"*"`: every
+    /// method of the service). A method's own rule wins over its service's.
+    pub fn allow(mut self, service: &str, method: &str, roles: &[&str]) -> Self {
+        self.rules.push(Rule {
+            service: service.to_string(),
+            method: (method != "*").then(|| method.to_string()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        });
+        self
+    }
+
+    fn permitted(&self, call: &CallContext, who: &Principal) -> bool {
+        let (service, method) = (call.service(), call.method());
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.service == service && r.method.as_deref() == Some(method))
+            .or_else(|| {
+                self.rules
+                    .iter()
+                    .find(|r| r.service == service && r.method.is_none())
+            });
+        match rule {
+            None => true,
+            Some(r) => who.roles.iter().any(|role| r.roles.contains(role)),
+        }
+    }
+}
+
+impl<A: Authenticator> ServerLayer for Auth<A> {
+    const OBSERVES: bool = false;
+
+    fn on_request(&self, call: &mut CallContext) -> Admit {
+        let who = match self.authenticator.authenticate(call) {
+            Ok(who) => who,
+            Err(st) => {
+                tracing::debug!(service = call.service(), method = call.method(), peer = %call.peer_addr(), reason = st.message(), "call refused: unauthenticated");
+                return Admit::Refuse(st);
+            }
+        };
+        if !self.permitted(call, &who) {
+            tracing::debug!(service = call.service(), method = call.method(), id = %who.id, "call refused: permission denied");
+            return Admit::Refuse(Status::permission_denied(format!(
+                "{} may not call {}.{}",
+                who.id,
+                call.service(),
+                call.method()
+            )));
+        }
+        call.extensions_mut().insert(who);
+        Admit::Pass
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+fn unhex(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Bearer tokens
+
+/// Client credentials: a bearer token sent with every call.
+#[derive(Clone)]
+pub struct BearerToken {
+    header: Arc<str>,
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    /// Sends `token`.
+    pub fn new(token: &str) -> Self {
+        BearerToken {
+            header: format!("Bearer {token}").into(),
+        }
+    }
+}
+
+impl<I: Invoke> ClientLayer<I> for BearerToken {
+    type Invoke = WithBearer<I>;
+
+    fn layer(self, inner: I) -> WithBearer<I> {
+        WithBearer { inner, cred: self }
+    }
+}
+
+/// The invoker a [`BearerToken`] makes.
+pub struct WithBearer<I> {
+    inner: I,
+    cred: BearerToken,
+}
+
+impl<I: Invoke> Invoke for WithBearer<I> {
+    async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
+        req.metadata.insert(AUTHORIZATION, &*self.cred.header)?;
+        self.inner.invoke(req).await
+    }
+}
+
+/// The server's bearer tokens and whom each one identifies. Kept as SHA-256 digests; a
+/// presented token is compared with every one in constant time.
+#[derive(Default)]
+pub struct BearerTokens {
+    tokens: Vec<([u8; 32], Principal)>,
+}
+
+impl fmt::Debug for BearerTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerTokens")
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl BearerTokens {
+    /// No tokens yet.
+    pub fn new() -> Self {
+        BearerTokens::default()
+    }
+
+    /// `token` identifies `who`.
+    pub fn token(mut self, token: &str, who: Principal) -> Self {
+        self.tokens.push((sha256(token.as_bytes()), who));
+        self
+    }
+}
+
+impl Authenticator for BearerTokens {
+    fn authenticate(&self, call: &CallContext) -> Result<Principal, Status> {
+        let md = call.metadata();
+        let header = md
+            .get(AUTHORIZATION)
+            .ok_or_else(|| Status::unauthenticated("missing credentials: no bearer token"))?;
+        let token = header.strip_prefix(b"Bearer ").ok_or_else(|| {
+            Status::unauthenticated("malformed authorization: not a bearer token")
+        })?;
+        let digest = sha256(token);
+        // Every stored digest is compared, whichever matches.
+        let mut found: Option<&Principal> = None;
+        for (d, who) in &self.tokens {
+            if bool::from(d.ct_eq(&digest)) {
+                found = Some(who);
+            }
+        }
+        found
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Access keys
+
+/// Client credentials: an access key id and its secret; every call is signed (see the
+/// [module docs](self)).
+#[derive(Clone)]
+pub struct AccessKey {
+    id: Arc<str>,
+    secret: Arc<[u8]>,
+}
+
+impl fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl AccessKey {
+    /// Key `id` with `secret`.
+    pub fn new(id: &str, secret: &[u8]) -> Self {
+        AccessKey {
+            id: id.into(),
+            secret: secret.into(),
+        }
+    }
+}
+
+/// The string an access-key signature covers.
+fn canonical(service: &str, method: &str, ts: &[u8], nonce: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(service.len() + method.len() + ts.len() + nonce.len() + 68);
+    for part in [service.as_bytes(), method.as_bytes(), ts, nonce] {
+        s.extend_from_slice(part);
+        s.push(b'\n');
+    }
+    s.extend_from_slice(hex(&sha256(body)).as_bytes());
+    s
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<I: Invoke> ClientLayer<I> for AccessKey {
+    type Invoke = WithAccessKey<I>;
+
+    fn layer(self, inner: I) -> WithAccessKey<I> {
+        WithAccessKey { inner, key: self }
+    }
+}
+
+/// The invoker an [`AccessKey`] makes.
+pub struct WithAccessKey<I> {
+    inner: I,
+    key: AccessKey,
+}
+
+impl<I: Invoke> Invoke for WithAccessKey<I> {
+    async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
+        let ts = unix_ms().to_string();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nonce = format!(
+            "{:016x}{:016x}",
+            super::balance::random_u64(),
+            super::balance::random_u64() ^ COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut mac = HmacSha256::new_from_slice(&self.key.secret)
+            .map_err(|_| Status::internal("access key: unusable secret"))?;
+        mac.update(&canonical(
+            req.service,
+            req.method,
+            ts.as_bytes(),
+            nonce.as_bytes(),
+            &req.body,
+        ));
+        let sig = hex(&mac.finalize().into_bytes());
+        let md = &mut req.metadata;
+        md.insert(KEY_ID, &*self.key.id)?;
+        md.insert(TIMESTAMP, &ts)?;
+        md.insert(NONCE, &nonce)?;
+        md.insert(SIGNATURE, &sig)?;
+        self.inner.invoke(req).await
+    }
+}
+
+/// The server's access keys: each key's secret and whom it identifies, the clock-skew window,
+/// and the nonces seen within it.
+pub struct AccessKeys {
+    keys: HashMap<String, (Vec<u8>, Principal)>,
+    skew: Duration,
+    nonces: Mutex<Nonces>,
+}
+
+impl fmt::Debug for AccessKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKeys")
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("skew", &self.skew)
+            .finish()
+    }
+}
+
+/// Nonces seen within the skew window: a set and the order they expire in.
+struct Nonces {
+    seen: HashSet<(String, String)>,
+    expiry: VecDeque<(u64, (String, String))>,
+    capacity: usize,
+}
+
+/// Default clock-skew window of [`AccessKeys`].
+pub const DEFAULT_SKEW: Duration = Duration::from_secs(300);
+/// Default number of nonces [`AccessKeys`] remembers.
+pub const DEFAULT_NONCES: usize = 100_000;
+
+impl Default for AccessKeys {
+    fn default() -> Self {
+        AccessKeys::new()
+    }
+}
+
+impl AccessKeys {
+    /// No keys yet; a skew window of [`DEFAULT_SKEW`], [`DEFAULT_NONCES`] nonces remembered.
+    pub fn new() -> Self {
+        AccessKeys {
+            keys: HashMap::new(),
+            skew: DEFAULT_SKEW,
+            nonces: Mutex::new(Nonces {
+                seen: HashSet::new(),
+                expiry: VecDeque::new(),
+                capacity: DEFAULT_NONCES,
+            }),
+        }
+    }
+
+    /// Key `id` with `secret` identifies `who`.
+    pub fn key(mut self, id: &str, secret: &[u8], who: Principal) -> Self {
+        self.keys.insert(id.to_string(), (secret.to_vec(), who));
+        self
+    }
+
+    /// How far a request's timestamp may be from this server's clock (either way).
+    pub fn skew(mut self, skew: Duration) -> Self {
+        self.skew = skew;
+        self
+    }
+
+    /// How many nonces are remembered at most. While that many unexpired ones are held, new
+    /// requests are refused (`resource_exhausted`) rather than letting a replay through.
+    pub fn nonce_capacity(self, capacity: usize) -> Self {
+        if let Ok(mut n) = self.nonces.lock() {
+            n.capacity = capacity.max(1);
+        }
+        self
+    }
+}
+
+impl Authenticator for AccessKeys {
+    fn authenticate(&self, call: &CallContext) -> Result<Principal, Status> {
+        let md = call.metadata();
+        let field = |k: &str| {
+            md.get(k).ok_or_else(|| {
+                Status::unauthenticated(format!("missing credentials: no {k} in the metadata"))
+            })
+        };
+        let (id, ts, nonce, sig) = (
+            field(KEY_ID)?,
+            field(TIMESTAMP)?,
+            field(NONCE)?,
+            field(SIGNATURE)?,
+        );
+        let id = std::str::from_utf8(id)
+            .map_err(|_| Status::unauthenticated("malformed access key id"))?;
+        let (secret, who) = self
+            .keys
+            .get(id)
+            .ok_or_else(|| Status::unauthenticated("unknown access key"))?;
+        let at: u64 = std::str::from_utf8(ts)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| Status::unauthenticated("malformed timestamp"))?;
+        let now = unix_ms();
+        let skew = self.skew.as_millis() as u64;
+        if at.abs_diff(now) > skew {
+            return Err(Status::unauthenticated(
+                "request timestamp outside the allowed clock skew (expired or from the future)",
+            ));
+        }
+        if nonce.is_empty() || nonce.len() > 128 {
+            return Err(Status::unauthenticated("malformed nonce"));
+        }
+        let sig = unhex(sig).ok_or_else(|| Status::unauthenticated("malformed signature"))?;
+        let mut mac = HmacSha256::new_from_slice(secret)
+            .map_err(|_| Status::internal("access key: unusable secret"))?;
+        mac.update(&canonical(
+            call.service(),
+            call.method(),
+            ts,
+            nonce,
+            call.request_body(),
+        ));
+        // Constant-time comparison.
+        mac.verify_slice(&sig)
+            .map_err(|_| Status::unauthenticated("bad signature"))?;
+        // A valid signature: refuse it if its nonce was seen within the window.
+        let key = (id.to_string(), String::from_utf8_lossy(nonce).into_owned());
+        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        while n.expiry.front().is_some_and(|(until, _)| *until < now) {
+            if let Some((_, k)) = n.expiry.pop_front() {
+                n.seen.remove(&k);
+            }
+        }
+        if n.seen.contains(&key) {
+            return Err(Status::unauthenticated(
+                "replayed request: nonce already used",
+            ));
+        }
+        if n.seen.len() >= n.capacity {
+            return Err(Status::resource_exhausted(
+                "too many recent signed requests to check for replays",
+            ));
+        }
+        n.seen.insert(key.clone());
+        // Remembered until the timestamp leaves the window.
+        n.expiry.push_back((at.max(now) + skew, key));
+        Ok(who.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let b = [0u8, 1, 0xab, 0xff];
+        assert_eq!(hex(&b), "0001abff");
+        assert_eq!(unhex(b"0001ABff").expect("hex"), b);
+        assert!(unhex(b"abc").is_none() && unhex(b"zz").is_none());
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let t = format!("{:?}", BearerToken::new("tok-123"));
+        let k = format!("{:?}", AccessKey::new("AK", b"sek-456"));
+        let s = format!(
+            "{:?} {:?}",
+            BearerTokens::new().token("tok-123", Principal::new("a")),
+            AccessKeys::new().key("AK", b"sek-456", Principal::new("a"))
+        );
+        for out in [t, k, s] {
+            assert!(
+                !out.contains("tok-123") && !out.contains("sek-456"),
+                "{out}"
+            );
+        }
+    }
+}
