@@ -7,8 +7,10 @@
 //! p50, p99, the ratio to the baseline of the same round, each process's CPU use, and heap
 //! allocations per call on each side (a counting global allocator).
 //!
-//! `qsocket-layers3` and `qsocket-tower` ([`Imp::QsocketLayered`]) run only when named with
-//! `--impls`: `qsocket` with layers that do nothing, for what the layer seams cost.
+//! `qsocket-layers3`, `qsocket-tower`, `qsocket-stats`, `qsocket-token` and
+//! `qsocket-accesskey` ([`Imp::QsocketLayered`]) run only when named with `--impls`: `qsocket`
+//! with layers that do nothing (what the seams cost) or with the shipped statistics, cluster
+//! and auth layers (what they cost).
 //!
 //! `compare-idle`: server RSS growth over 10,000 idle connections (one call on each first),
 //! per connection.
@@ -64,9 +66,12 @@ impl Imp {
     ];
 
     /// Implementations that run only when named with `--impls`.
-    pub const EXTRA: [Imp; 2] = [
+    pub const EXTRA: [Imp; 5] = [
         Imp::QsocketLayered(Layers::Noop3),
         Imp::QsocketLayered(Layers::Tower),
+        Imp::QsocketLayered(Layers::Stats),
+        Imp::QsocketLayered(Layers::Token),
+        Imp::QsocketLayered(Layers::AccessKey),
     ];
 
     /// The name used on the command line and in tables.
@@ -78,6 +83,9 @@ impl Imp {
             Imp::Qsocket(_, _) => "qsocket-ws",
             Imp::QsocketLayered(Layers::Noop3) => "qsocket-layers3",
             Imp::QsocketLayered(Layers::Tower) => "qsocket-tower",
+            Imp::QsocketLayered(Layers::Stats) => "qsocket-stats",
+            Imp::QsocketLayered(Layers::Token) => "qsocket-token",
+            Imp::QsocketLayered(Layers::AccessKey) => "qsocket-accesskey",
             Imp::Baseline => "baseline",
             Imp::Tarpc => "tarpc",
             Imp::Tonic => "tonic",
@@ -131,6 +139,9 @@ enum AnyClient {
     Qsocket(impl_qsocket::Client),
     QsocketNoop3(impl_qsocket::Client<impl_qsocket::Noop3Invoke>),
     QsocketTower(impl_qsocket::Client<impl_qsocket::TowerInvoke>),
+    QsocketStats(impl_qsocket::Client<impl_qsocket::StatsInvokeChain>),
+    QsocketToken(impl_qsocket::Client<impl_qsocket::TokenInvoke>),
+    QsocketAccessKey(impl_qsocket::Client<impl_qsocket::AccessKeyInvoke>),
     Baseline(impl_baseline::Client),
     Tarpc(crate::impl_tarpc::Client),
     Tonic(crate::impl_tonic::Client),
@@ -147,6 +158,15 @@ impl AnyClient {
             }
             Imp::QsocketLayered(Layers::Tower) => {
                 AnyClient::QsocketTower(impl_qsocket::connect_tower(addr).await?)
+            }
+            Imp::QsocketLayered(Layers::Stats) => {
+                AnyClient::QsocketStats(impl_qsocket::connect_stats(addr).await?)
+            }
+            Imp::QsocketLayered(Layers::Token) => {
+                AnyClient::QsocketToken(impl_qsocket::connect_token(addr).await?)
+            }
+            Imp::QsocketLayered(Layers::AccessKey) => {
+                AnyClient::QsocketAccessKey(impl_qsocket::connect_access_key(addr).await?)
             }
             Imp::Baseline => {
                 AnyClient::Baseline(impl_baseline::Client::connect(addr.parse()?).await?)
@@ -165,6 +185,9 @@ impl AnyClient {
             AnyClient::Qsocket(c) => c.call(payload).await,
             AnyClient::QsocketNoop3(c) => c.call(payload).await,
             AnyClient::QsocketTower(c) => c.call(payload).await,
+            AnyClient::QsocketStats(c) => c.call(payload).await,
+            AnyClient::QsocketToken(c) => c.call(payload).await,
+            AnyClient::QsocketAccessKey(c) => c.call(payload).await,
             AnyClient::Baseline(c) => c.call(payload).await,
             AnyClient::Tarpc(c) => c.call(payload).await,
             AnyClient::Tonic(c) => c.call(payload).await,

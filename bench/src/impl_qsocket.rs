@@ -7,9 +7,12 @@
 //! ([`Layers::Tower`]).
 
 use bytes::Bytes;
+use qsocket::rpc::auth::{WithAccessKey, WithBearer};
 use qsocket::rpc::{
-    Admit, CallContext, Channel, ClientLayer, Codec, FromTower, Invoke, Request, Response, Router,
-    RpcClient, RpcServer, ServerLayer, Service, Status, TowerInner, TowerLayer,
+    AccessKey, AccessKeys, Admit, Auth, BearerToken, BearerTokens, CallContext, Channel,
+    ClientLayer, Cluster, ClusterInvoke, Codec, FromTower, Invoke, Policy, Principal, Request,
+    Response, Router, RpcClient, RpcServer, ServerLayer, Service, Side, Stats, StatsInvoke, Status,
+    TowerInner, TowerLayer,
 };
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -38,6 +41,16 @@ pub enum Layers {
     /// Client: one tower layer ([`PassLayer`], forwarding `poll_ready` and `call`) through
     /// [`TowerLayer`]. Server: no layers.
     Tower,
+    /// Client: statistics outermost over a failover cluster layer (`failover(2)`, no
+    /// failures). Server: a statistics layer.
+    Stats,
+    /// [`Layers::Stats`] plus bearer-token auth: the client sends a token under the cluster
+    /// layer; the server checks it (after statistics) against one token.
+    Token,
+    /// [`Layers::Stats`] plus access-key auth: the client signs every call (HMAC-SHA256 over
+    /// names, timestamp, nonce and the body's SHA-256); the server verifies it and keeps its
+    /// nonce.
+    AccessKey,
 }
 
 /// The server's service.
@@ -67,7 +80,69 @@ pub async fn serve_layered(url: &str, layers: Layers) -> Result<RpcServer, Error
                 .await?
         }
         Layers::Tower => builder.start().await?,
+        Layers::Stats => builder.layer(server_stats().layer()).start().await?,
+        Layers::Token => {
+            let tokens = BearerTokens::new().token(TOKEN, Principal::new("bench"));
+            builder
+                .layer(server_stats().layer())
+                .layer(Auth::new(tokens))
+                .start()
+                .await?
+        }
+        Layers::AccessKey => {
+            let keys = AccessKeys::new().key(KEY_ID, SECRET, Principal::new("bench"));
+            builder
+                .layer(server_stats().layer())
+                .layer(Auth::new(keys))
+                .start()
+                .await?
+        }
     })
+}
+
+/// The server's statistics (kept for the process's life, as a server would keep them).
+fn server_stats() -> Stats {
+    Stats::new(Side::Server)
+}
+
+const TOKEN: &str = "bench-token-0123456789";
+const KEY_ID: &str = "bench-key";
+const SECRET: &[u8] = b"bench-secret-0123456789";
+
+/// The client layers of [`Layers::Stats`] over `rpc` (already carrying any auth layer).
+fn stats_failover<I: Invoke>(
+    rpc: RpcClient<I>,
+) -> RpcClient<StatsInvoke<Arc<ClusterInvoke<Arc<I>>>>> {
+    rpc.layer(Cluster::new(Policy::failover(2)))
+        .layer(Stats::new(Side::Client).layer())
+}
+
+/// The invoker of a client with statistics and failover.
+pub type StatsInvokeChain = StatsInvoke<Arc<ClusterInvoke<Arc<Channel>>>>;
+/// … and a bearer token.
+pub type TokenInvoke = StatsInvoke<Arc<ClusterInvoke<Arc<WithBearer<Arc<Channel>>>>>>;
+/// … and an access key.
+pub type AccessKeyInvoke = StatsInvoke<Arc<ClusterInvoke<Arc<WithAccessKey<Arc<Channel>>>>>>;
+
+/// A TCP + protobuf client with statistics and failover.
+pub async fn connect_stats(url: &str) -> Result<Client<StatsInvokeChain>, Error> {
+    Client::connect_with(url, Codec::Protobuf, stats_failover).await
+}
+
+/// A TCP + protobuf client with statistics, failover and a bearer token.
+pub async fn connect_token(url: &str) -> Result<Client<TokenInvoke>, Error> {
+    Client::connect_with(url, Codec::Protobuf, |rpc| {
+        stats_failover(rpc.layer(BearerToken::new(TOKEN)))
+    })
+    .await
+}
+
+/// A TCP + protobuf client with statistics, failover and an access key.
+pub async fn connect_access_key(url: &str) -> Result<Client<AccessKeyInvoke>, Error> {
+    Client::connect_with(url, Codec::Protobuf, |rpc| {
+        stats_failover(rpc.layer(AccessKey::new(KEY_ID, SECRET)))
+    })
+    .await
 }
 
 /// A server layer that admits every call and ignores its outcome, but asks for outcomes

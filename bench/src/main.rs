@@ -25,8 +25,8 @@
 //! * `all`: everything below and above (about 15 minutes), as Markdown tables for the README.
 //! * `compare`, `compare-idle`: every implementation (qsocket, a hand-written baseline, tarpc,
 //!   tonic) side by side, server and client in separate pinned processes (see `compare.rs`).
-//!   Two more run only when named with `--impls`, next to `qsocket` (TCP + protobuf) for what
-//!   the layer seams cost:
+//!   Five more run only when named with `--impls`, next to `qsocket` (TCP + protobuf), for
+//!   what the layer seams and the shipped layers cost:
 //!   * `qsocket-layers3`: a chain of three no-op layers on each side. The client's are generic
 //!     `Invoke` wrappers that await the inner invoker (`client.layer(..)` three times); the
 //!     server's are `ServerLayer`s that pass every call and observe outcomes
@@ -35,9 +35,16 @@
 //!   * `qsocket-tower`: one tower layer on the client through the `TowerLayer` adapter (a
 //!     hand-written `Layer` + `Service` forwarding `poll_ready` and `call`; the adapter copies
 //!     the request's names and boxes each call); no server layers.
+//!   * `qsocket-stats`: the client has a statistics layer outermost over a failover cluster
+//!     layer (`failover(2)`; no call fails); the server has a statistics layer.
+//!   * `qsocket-token`: `qsocket-stats` plus bearer-token auth (client layer under the cluster
+//!     layer; server `Auth` with one token, after statistics).
+//!   * `qsocket-accesskey`: `qsocket-stats` plus access-key auth (every call signed with
+//!     HMAC-SHA256 over names, timestamp, nonce and the body's digest; the server verifies it
+//!     and remembers its nonce).
 //! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
 //!   server process, from two runs of fixed call counts (see `costs.rs`); `--impls` takes the
-//!   same names as `compare`, `qsocket-layers3` and `qsocket-tower` included.
+//!   same names as `compare`, the five `--impls`-only ones included.
 //! * `hostile`: memory attacks (slow readers, header-only and almost complete frames, parked
 //!   RPC calls) against a qsocket server with its default configuration in a child process
 //!   (hidden subcommand `hostile-server`), a fresh one per attack: the child's idle, peak and
@@ -190,7 +197,7 @@ fn usage() {
          qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n       \
          qsocket-bench hostile [--attacks A,B,…] [--shared-budget-mib N]\n\
          implementations: baseline, qsocket, qsocket-json, qsocket-udp, qsocket-ws, tarpc, tonic\n                 \
-         (only with --impls: qsocket-layers3, qsocket-tower)"
+         (only with --impls: qsocket-layers3, qsocket-tower, qsocket-stats, qsocket-token, qsocket-accesskey)"
     );
 }
 

@@ -416,8 +416,12 @@ impl fmt::Debug for AccessKeys {
 /// Nonces seen within the skew window: a set and the order they expire in.
 struct Nonces {
     seen: HashSet<(String, String)>,
-    expiry: VecDeque<(u64, (String, String))>,
+    /// (timestamp, expiry, key), oldest first.
+    expiry: VecDeque<(u64, u64, (String, String))>,
     capacity: usize,
+    /// Requests stamped at or before this were forgotten early to stay within `capacity`:
+    /// they can no longer be checked for replays, so they are refused.
+    floor: u64,
 }
 
 /// Default clock-skew window of [`AccessKeys`].
@@ -441,6 +445,7 @@ impl AccessKeys {
                 seen: HashSet::new(),
                 expiry: VecDeque::new(),
                 capacity: DEFAULT_NONCES,
+                floor: 0,
             }),
         }
     }
@@ -457,8 +462,10 @@ impl AccessKeys {
         self
     }
 
-    /// How many nonces are remembered at most. While that many unexpired ones are held, new
-    /// requests are refused (`resource_exhausted`) rather than letting a replay through.
+    /// How many nonces are remembered at most. Beyond that the oldest are forgotten early, and
+    /// requests stamped no later than a forgotten one are refused as expired (they could no
+    /// longer be checked for replays): under more signed calls than the cache holds per skew
+    /// window, the window narrows to what it covers.
     pub fn nonce_capacity(self, capacity: usize) -> Self {
         if let Ok(mut n) = self.nonces.lock() {
             n.capacity = capacity.max(1);
@@ -517,24 +524,36 @@ impl Authenticator for AccessKeys {
         // A valid signature: refuse it if its nonce was seen within the window.
         let key = (id.to_string(), String::from_utf8_lossy(nonce).into_owned());
         let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        while n.expiry.front().is_some_and(|(until, _)| *until < now) {
-            if let Some((_, k)) = n.expiry.pop_front() {
+        while n.expiry.front().is_some_and(|(_, until, _)| *until < now) {
+            if let Some((_, _, k)) = n.expiry.pop_front() {
                 n.seen.remove(&k);
             }
+        }
+        if at <= n.floor {
+            return Err(Status::unauthenticated(
+                "request timestamp older than the replay check still covers (expired)",
+            ));
         }
         if n.seen.contains(&key) {
             return Err(Status::unauthenticated(
                 "replayed request: nonce already used",
             ));
         }
-        if n.seen.len() >= n.capacity {
-            return Err(Status::resource_exhausted(
-                "too many recent signed requests to check for replays",
+        while n.seen.len() >= n.capacity {
+            let Some((stamped, _, k)) = n.expiry.pop_front() else {
+                break;
+            };
+            n.seen.remove(&k);
+            n.floor = n.floor.max(stamped);
+        }
+        if at <= n.floor {
+            return Err(Status::unauthenticated(
+                "request timestamp older than the replay check still covers (expired)",
             ));
         }
         n.seen.insert(key.clone());
         // Remembered until the timestamp leaves the window.
-        n.expiry.push_back((at.max(now) + skew, key));
+        n.expiry.push_back((at, at.max(now) + skew, key));
         Ok(who.clone())
     }
 }
