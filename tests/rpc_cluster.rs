@@ -398,6 +398,31 @@ async fn hedging_cuts_the_tail_of_a_slow_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_on_the_observed_p95_waits_about_as_long_as_a_usual_call() {
+    let f = fleet("tcp://127.0.0.1:0", 2).await;
+    let cluster = Cluster::new(Policy::hedging(HedgeDelay::P95 {
+        floor: Duration::from_millis(1),
+    }));
+    let c = client_of(&f, None).await.layer(cluster.clone());
+    // Fast calls teach the layer the method's p95 (well under a second here).
+    for i in 0..40 {
+        echo(&c, &format!("warm {i}")).await.expect("fast");
+    }
+    f[0].b.delay_ms.store(5_000, Ordering::SeqCst);
+    let t = Instant::now();
+    for i in 0..4 {
+        echo(&c, &format!("{i}"))
+            .await
+            .expect("answered by the fast one");
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(4_000),
+        "hedged after the p95, not 5 s"
+    );
+    assert!(cluster.counters().hedges >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_stops_a_storm_against_a_failing_fleet() {
     let f = fleet("tcp://127.0.0.1:0", 2).await;
     for i in &f {

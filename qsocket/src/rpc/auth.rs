@@ -25,8 +25,10 @@ use super::server::{Admit, ServerLayer};
 use super::status::Status;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,16 +72,17 @@ impl Principal {
         self
     }
 
-    /// The identity an [`Auth`] layer attached to `call`, if any.
+    /// The caller an [`Auth`] layer attached to `call`, if any.
     pub fn of(call: &CallContext) -> Option<&Principal> {
-        call.extensions().get::<Principal>()
+        call.extensions().get::<Arc<Principal>>().map(|p| &**p)
     }
 }
 
 /// Establishes who a call comes from, or refuses it (`unauthenticated`).
 pub trait Authenticator: Send + Sync + 'static {
     /// The caller of `call`, from its metadata (and, for signatures, its names and body).
-    fn authenticate(&self, call: &CallContext) -> Result<Principal, Status>;
+    /// Shared (`Arc`): attaching it to each call costs no copy of it.
+    fn authenticate(&self, call: &CallContext) -> Result<Arc<Principal>, Status>;
 }
 
 /// A per-method rule: which roles may call it.
@@ -186,16 +189,6 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
-}
-
 fn unhex(s: &[u8]) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -260,7 +253,7 @@ impl<I: Invoke> Invoke for WithBearer<I> {
 /// presented token is compared with every one in constant time.
 #[derive(Default)]
 pub struct BearerTokens {
-    tokens: Vec<([u8; 32], Principal)>,
+    tokens: Vec<([u8; 32], Arc<Principal>)>,
 }
 
 impl fmt::Debug for BearerTokens {
@@ -279,13 +272,13 @@ impl BearerTokens {
 
     /// `token` identifies `who`.
     pub fn token(mut self, token: &str, who: Principal) -> Self {
-        self.tokens.push((sha256(token.as_bytes()), who));
+        self.tokens.push((sha256(token.as_bytes()), Arc::new(who)));
         self
     }
 }
 
 impl Authenticator for BearerTokens {
-    fn authenticate(&self, call: &CallContext) -> Result<Principal, Status> {
+    fn authenticate(&self, call: &CallContext) -> Result<Arc<Principal>, Status> {
         let md = call.metadata();
         let header = md
             .get(AUTHORIZATION)
@@ -295,7 +288,7 @@ impl Authenticator for BearerTokens {
         })?;
         let digest = sha256(token);
         // Every stored digest is compared, whichever matches.
-        let mut found: Option<&Principal> = None;
+        let mut found: Option<&Arc<Principal>> = None;
         for (d, who) in &self.tokens {
             if bool::from(d.ct_eq(&digest)) {
                 found = Some(who);
@@ -337,15 +330,49 @@ impl AccessKey {
     }
 }
 
-/// The string an access-key signature covers.
-fn canonical(service: &str, method: &str, ts: &[u8], nonce: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut s = Vec::with_capacity(service.len() + method.len() + ts.len() + nonce.len() + 68);
+/// The HMAC of an access-key signature over service, method, timestamp and nonce (each
+/// followed by a newline) and the hex SHA-256 of the body; fed piece by piece (no copy).
+fn signature(
+    secret: &[u8],
+    service: &str,
+    method: &str,
+    ts: &[u8],
+    nonce: &[u8],
+    body: &[u8],
+) -> Result<HmacSha256, Status> {
+    let mut mac = HmacSha256::new_from_slice(secret)
+        .map_err(|_| Status::internal("access key: unusable secret"))?;
     for part in [service.as_bytes(), method.as_bytes(), ts, nonce] {
-        s.extend_from_slice(part);
-        s.push(b'\n');
+        mac.update(part);
+        mac.update(b"\n");
     }
-    s.extend_from_slice(hex(&sha256(body)).as_bytes());
-    s
+    mac.update(&hex32(&sha256(body)));
+    Ok(mac)
+}
+
+/// `bytes` (32 of them) as 64 lowercase hex digits, on the stack.
+fn hex32(bytes: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    out
+}
+
+/// `n` in decimal, on the stack: the buffer and where the digits start.
+fn decimal(mut n: u64) -> ([u8; 20], usize) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return (buf, at);
+        }
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -370,28 +397,40 @@ pub struct WithAccessKey<I> {
 
 impl<I: Invoke> Invoke for WithAccessKey<I> {
     async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
-        let ts = unix_ms().to_string();
+        let (ts, from) = decimal(unix_ms());
+        let ts = &ts[from..];
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nonce = format!(
-            "{:016x}{:016x}",
-            super::balance::random_u64(),
-            super::balance::random_u64() ^ COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut mac = HmacSha256::new_from_slice(&self.key.secret)
-            .map_err(|_| Status::internal("access key: unusable secret"))?;
-        mac.update(&canonical(
+        let mut raw = [0u8; 32];
+        raw[..8].copy_from_slice(&super::balance::random_u64().to_le_bytes());
+        raw[8..16].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        raw[16..24].copy_from_slice(&super::balance::random_u64().to_le_bytes());
+        // 32 hex digits of randomness and a counter.
+        let nonce = &hex32(&raw)[..32];
+        let mac = signature(
+            &self.key.secret,
             req.service,
             req.method,
-            ts.as_bytes(),
-            nonce.as_bytes(),
+            ts,
+            nonce,
             &req.body,
-        ));
-        let sig = hex(&mac.finalize().into_bytes());
+        )?;
+        let sig = hex32(&mac.finalize().into_bytes().into());
         let md = &mut req.metadata;
+        md.reserve(
+            4 * 3
+                + KEY_ID.len()
+                + TIMESTAMP.len()
+                + NONCE.len()
+                + SIGNATURE.len()
+                + self.key.id.len()
+                + ts.len()
+                + nonce.len()
+                + sig.len(),
+        );
         md.insert(KEY_ID, &*self.key.id)?;
-        md.insert(TIMESTAMP, &ts)?;
-        md.insert(NONCE, &nonce)?;
-        md.insert(SIGNATURE, &sig)?;
+        md.insert(TIMESTAMP, ts)?;
+        md.insert(NONCE, nonce)?;
+        md.insert(SIGNATURE, sig)?;
         self.inner.invoke(req).await
     }
 }
@@ -399,7 +438,7 @@ impl<I: Invoke> Invoke for WithAccessKey<I> {
 /// The server's access keys: each key's secret and whom it identifies, the clock-skew window,
 /// and the nonces seen within it.
 pub struct AccessKeys {
-    keys: HashMap<String, (Vec<u8>, Principal)>,
+    keys: HashMap<String, (Vec<u8>, Arc<Principal>)>,
     skew: Duration,
     nonces: Mutex<Nonces>,
 }
@@ -415,9 +454,12 @@ impl fmt::Debug for AccessKeys {
 
 /// Nonces seen within the skew window: a set and the order they expire in.
 struct Nonces {
-    seen: HashSet<(String, String)>,
-    /// (timestamp, expiry, key), oldest first.
-    expiry: VecDeque<(u64, u64, (String, String))>,
+    /// Keyed 128-bit hashes of (key id, nonce): no copy of either is kept.
+    seen: HashSet<u128>,
+    /// (timestamp, expiry, hash), oldest first.
+    expiry: VecDeque<(u64, u64, u128)>,
+    /// The hash keys (random per process).
+    hashers: (RandomState, RandomState),
     capacity: usize,
     /// Requests stamped at or before this were forgotten early to stay within `capacity`:
     /// they can no longer be checked for replays, so they are refused.
@@ -446,13 +488,15 @@ impl AccessKeys {
                 expiry: VecDeque::new(),
                 capacity: DEFAULT_NONCES,
                 floor: 0,
+                hashers: (RandomState::new(), RandomState::new()),
             }),
         }
     }
 
     /// Key `id` with `secret` identifies `who`.
     pub fn key(mut self, id: &str, secret: &[u8], who: Principal) -> Self {
-        self.keys.insert(id.to_string(), (secret.to_vec(), who));
+        self.keys
+            .insert(id.to_string(), (secret.to_vec(), Arc::new(who)));
         self
     }
 
@@ -475,7 +519,7 @@ impl AccessKeys {
 }
 
 impl Authenticator for AccessKeys {
-    fn authenticate(&self, call: &CallContext) -> Result<Principal, Status> {
+    fn authenticate(&self, call: &CallContext) -> Result<Arc<Principal>, Status> {
         let md = call.metadata();
         let field = |k: &str| {
             md.get(k).ok_or_else(|| {
@@ -509,21 +553,21 @@ impl Authenticator for AccessKeys {
             return Err(Status::unauthenticated("malformed nonce"));
         }
         let sig = unhex(sig).ok_or_else(|| Status::unauthenticated("malformed signature"))?;
-        let mut mac = HmacSha256::new_from_slice(secret)
-            .map_err(|_| Status::internal("access key: unusable secret"))?;
-        mac.update(&canonical(
+        let mac = signature(
+            secret,
             call.service(),
             call.method(),
             ts,
             nonce,
             call.request_body(),
-        ));
+        )?;
         // Constant-time comparison.
         mac.verify_slice(&sig)
             .map_err(|_| Status::unauthenticated("bad signature"))?;
         // A valid signature: refuse it if its nonce was seen within the window.
-        let key = (id.to_string(), String::from_utf8_lossy(nonce).into_owned());
         let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (u128::from(n.hashers.0.hash_one((id, nonce))) << 64)
+            | u128::from(n.hashers.1.hash_one((id, nonce)));
         while n.expiry.front().is_some_and(|(_, until, _)| *until < now) {
             if let Some((_, _, k)) = n.expiry.pop_front() {
                 n.seen.remove(&k);
@@ -551,7 +595,7 @@ impl Authenticator for AccessKeys {
                 "request timestamp older than the replay check still covers (expired)",
             ));
         }
-        n.seen.insert(key.clone());
+        n.seen.insert(key);
         // Remembered until the timestamp leaves the window.
         n.expiry.push_back((at, at.max(now) + skew, key));
         Ok(who.clone())
@@ -564,9 +608,14 @@ mod tests {
 
     #[test]
     fn hex_round_trips() {
-        let b = [0u8, 1, 0xab, 0xff];
-        assert_eq!(hex(&b), "0001abff");
-        assert_eq!(unhex(b"0001ABff").expect("hex"), b);
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&[0, 1, 0xab, 0xff]);
+        let h = hex32(&b);
+        assert_eq!(&h[..8], b"0001abff");
+        assert_eq!(unhex(&h).expect("hex"), b);
+        assert_eq!(unhex(b"0001ABff").expect("hex"), [0, 1, 0xab, 0xff]);
+        assert_eq!(&decimal(1_234_567).0[13..], b"1234567");
+        assert_eq!(&decimal(0).0[19..], b"0");
         assert!(unhex(b"abc").is_none() && unhex(b"zz").is_none());
     }
 

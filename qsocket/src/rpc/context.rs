@@ -10,6 +10,7 @@ use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -61,9 +62,9 @@ pub struct CallContext {
     metadata_len: u16,
     session: Session<Bytes>,
     request_id: u64,
-    /// What layers added: edited metadata and extensions (boxed, made on first use, so a
-    /// call no layer touches carries one pointer for them).
-    extra: Option<Box<Extra>>,
+    /// What layers added: edited metadata and extensions (made on first use, so a call no
+    /// layer touches carries one pointer for them; shared by clones until one changes).
+    extra: Option<Arc<Extra>>,
     /// When the server began dispatching the call, if a layer observes outcomes (the latency
     /// they are given counts from here).
     started: Option<Instant>,
@@ -156,7 +157,7 @@ impl CallContext {
             .frame
             .get(wire..wire + self.metadata_len as usize)
             .unwrap_or_default();
-        let extra = self.extra.get_or_insert_with(Default::default);
+        let extra = Arc::make_mut(self.extra.get_or_insert_with(Default::default));
         // The block was checked when the request was dispatched.
         extra
             .edited
@@ -219,7 +220,7 @@ impl CallContext {
 
     /// The call's typed extensions, editable (a layer inserts, a handler may take).
     pub fn extensions_mut(&mut self) -> &mut Extensions {
-        &mut self.extra.get_or_insert_with(Default::default).extensions
+        &mut Arc::make_mut(self.extra.get_or_insert_with(Default::default)).extensions
     }
 }
 

@@ -54,6 +54,12 @@ impl MetadataMap {
         self.append(key, value)
     }
 
+    /// Makes room for `additional` more bytes of entries (each takes its key and value plus
+    /// 3 bytes), so that inserting several costs one allocation.
+    pub fn reserve(&mut self, additional: usize) {
+        self.wire.reserve(additional);
+    }
+
     /// Adds an entry even if `key` is already present (the first one is what [`get`](Self::get)
     /// finds).
     pub fn append(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<(), Status> {

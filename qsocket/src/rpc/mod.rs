@@ -60,5 +60,5 @@ pub use server::{
 };
 #[cfg(feature = "metrics")]
 pub use stats::MetricsServer;
-pub use stats::{MethodStats, Side, Stats, StatsInvoke, StatsLayer, StatsSnapshot};
+pub use stats::{MethodStats, Side, Stats, StatsInvoke, StatsLayer, StatsSnapshot, Ticket};
 pub use status::{Code, Sent, Status};

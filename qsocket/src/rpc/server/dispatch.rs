@@ -431,12 +431,14 @@ impl<L: ServerLayer> RpcServerListener<L> {
                 ));
             }
         }
+        // For layers that observe outcomes, the batch's clock reading (one per batch).
+        let observed_at = L::OBSERVES.then(|| self.now(ctx.received_at()));
         let method = Self::find(&mut self.last, &self.shared.router, frame)?;
         method.check_codec(codec)?;
         let handler = &method.handler;
         let mut call = CallContext::new(frame, ctx.session(), deadline);
-        if L::OBSERVES {
-            call.set_started(Instant::now());
+        if let Some(at) = observed_at {
+            call.set_started(at);
         }
         let layer = &self.shared.layer;
         let admit = std::panic::catch_unwind(AssertUnwindSafe(|| layer.on_request(&mut call)))

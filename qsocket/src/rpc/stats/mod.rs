@@ -95,7 +95,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shard {
     /// Runs `f` on the entry of `service.method` (made on first use).
     #[inline]
-    fn with<R>(&self, service: &str, method: &str, f: impl FnOnce(&mut Entry) -> R) -> R {
+    fn with<R>(&self, service: &str, method: &str, f: impl FnOnce(usize, &mut Entry) -> R) -> R {
         let mut entries = lock(&self.entries);
         // Most shards see a handful of methods: a short search, the last one used first.
         let i = match entries
@@ -108,7 +108,47 @@ impl Shard {
                 entries.len() - 1
             }
         };
-        f(&mut entries[i])
+        f(i, &mut entries[i])
+    }
+}
+
+/// A call being counted: where its counts are (the shard of the thread it started on).
+#[derive(Debug)]
+#[must_use = "a started call is counted in flight until its ticket ends it"]
+pub struct Ticket {
+    shard: Arc<Shard>,
+    index: usize,
+}
+
+impl Ticket {
+    /// Records the end of the call: its outcome, latency, and the retries and hedges a
+    /// strategy sent for it.
+    #[inline]
+    pub fn end(self, outcome: Result<(), Code>, latency: Duration, retries: u32, hedges: u32) {
+        let micros = (latency.as_micros() as u64).clamp(1, MAX_MICROS);
+        let mut entries = lock(&self.shard.entries);
+        let Some(e) = entries.get_mut(self.index) else {
+            return;
+        };
+        e.in_flight -= 1;
+        match outcome {
+            Ok(()) => e.ok += 1,
+            Err(code) => e.errors[code as usize % CODES] += 1,
+        }
+        e.retries += u64::from(retries);
+        e.hedges += u64::from(hedges);
+        if e.latency.is_none() {
+            e.latency = Histogram::new_with_bounds(1, MAX_MICROS, 2).ok();
+        }
+        if let Some(h) = e.latency.as_mut() {
+            h.saturating_record(micros);
+        }
+    }
+}
+
+impl fmt::Debug for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shard")
     }
 }
 
@@ -172,23 +212,23 @@ impl Stats {
         }
     }
 
-    /// Runs `f` on this thread's shard.
+    /// This thread's shard.
     #[inline]
-    fn shard<R>(&self, f: impl FnOnce(&Shard) -> R) -> R {
+    fn shard(&self) -> Arc<Shard> {
         let id = self.registry.id;
         SHARDS.with(|cell| {
             let Ok(mut shards) = cell.try_borrow_mut() else {
-                // Re-entered (a layer inside a layer on one thread): a shard of its own.
-                return f(&self.new_shard());
+                // Re-entered (cannot happen: nothing runs inside); a shard of its own.
+                return self.new_shard();
             };
             if let Some((_, _, s)) = shards.iter().find(|(i, _, _)| *i == id) {
-                return f(s);
+                return s.clone();
             }
             // Forget the shards of registries that are gone.
             shards.retain(|(_, r, _)| r.strong_count() > 0);
             let s = self.new_shard();
             shards.push((id, Arc::downgrade(&self.registry), s.clone()));
-            f(&s)
+            s
         })
     }
 
@@ -198,49 +238,17 @@ impl Stats {
         s
     }
 
-    /// Records the start of a call.
+    /// Records the start of a call; the ticket ends it ([`Ticket::end`]).
     #[inline]
-    pub fn start(&self, service: &str, method: &str) {
-        self.shard(|s| {
-            s.with(service, method, |e| {
-                e.calls += 1;
-                e.in_flight += 1;
-            })
-        })
+    pub fn start(&self, service: &str, method: &str) -> Ticket {
+        let shard = self.shard();
+        let index = shard.with(service, method, |i, e| {
+            e.calls += 1;
+            e.in_flight += 1;
+            i
+        });
+        Ticket { shard, index }
     }
-
-    /// Records the end of a call [`start`](Self::start)ed before: its outcome, latency, and
-    /// the retries and hedges a strategy sent for it.
-    #[inline]
-    pub fn end(
-        &self,
-        service: &str,
-        method: &str,
-        outcome: Result<(), Code>,
-        latency: Duration,
-        retries: u32,
-        hedges: u32,
-    ) {
-        let micros = (latency.as_micros() as u64).clamp(1, MAX_MICROS);
-        self.shard(|s| {
-            s.with(service, method, |e| {
-                e.in_flight -= 1;
-                match outcome {
-                    Ok(()) => e.ok += 1,
-                    Err(code) => e.errors[code as usize % CODES] += 1,
-                }
-                e.retries += u64::from(retries);
-                e.hedges += u64::from(hedges);
-                if e.latency.is_none() {
-                    e.latency = Histogram::new_with_bounds(1, MAX_MICROS, 2).ok();
-                }
-                if let Some(h) = e.latency.as_mut() {
-                    h.saturating_record(micros);
-                }
-            })
-        })
-    }
-
     /// Every method's counts, merged over the shards, sorted by service and method.
     pub fn snapshot(&self) -> StatsSnapshot {
         let shards: Vec<Arc<Shard>> = lock(&self.registry.shards).clone();
@@ -508,8 +516,16 @@ pub struct StatsInvoke<I> {
 impl<I: Invoke> Invoke for StatsInvoke<I> {
     async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
         let (service, method) = (req.service, req.method);
-        self.stats.start(service, method);
-        let started = Instant::now();
+        let ticket = self.stats.start(service, method);
+        // The typed front's clock reading, when there is one (it was taken just now).
+        let started = match req.now {
+            Some(t) => t,
+            None => {
+                let t = Instant::now();
+                req.now = Some(t);
+                t
+            }
+        };
         let r = if tracing::enabled!(tracing::Level::DEBUG) {
             let span = tracing::debug_span!("rpc.call", side = "client", service, method);
             let r = self.inner.invoke(req).instrument(span.clone()).await;
@@ -519,9 +535,7 @@ impl<I: Invoke> Invoke for StatsInvoke<I> {
         } else {
             self.inner.invoke(req).await
         };
-        self.stats.end(
-            service,
-            method,
+        ticket.end(
             r.as_ref().map(|_| ()).map_err(Status::code),
             started.elapsed(),
             req.retries,
@@ -551,7 +565,12 @@ impl ServerLayer for StatsLayer {
     const OBSERVES: bool = true;
 
     fn on_request(&self, call: &mut CallContext) -> Admit {
-        self.stats.start(call.service(), call.method());
+        self.stats
+            .shard()
+            .with(call.service(), call.method(), |_, e| {
+                e.calls += 1;
+                e.in_flight += 1;
+            });
         Admit::Pass
     }
 
@@ -566,14 +585,11 @@ impl ServerLayer for StatsLayer {
             let _in = span.enter();
             trace_outcome(&status, latency);
         }
-        self.stats.end(
-            call.service(),
-            call.method(),
-            status.map_err(Status::code),
-            latency,
-            0,
-            0,
-        );
+        // The call's entry in this thread's shard (it may have started on another thread's:
+        // the sums come out right either way).
+        let shard = self.stats.shard();
+        let index = shard.with(call.service(), call.method(), |i, _| i);
+        Ticket { shard, index }.end(status.map_err(Status::code), latency, 0, 0);
     }
 }
 
@@ -589,13 +605,13 @@ mod tests {
                 let s = stats.clone();
                 std::thread::spawn(move || {
                     for i in 0..100u64 {
-                        s.start("svc", "Get");
+                        let ticket = s.start("svc", "Get");
                         let outcome = if i % 10 == 0 {
                             Err(Code::Unavailable)
                         } else {
                             Ok(())
                         };
-                        s.end("svc", "Get", outcome, Duration::from_micros(100 + i), t, 0);
+                        ticket.end(outcome, Duration::from_micros(100 + i), t, 0);
                     }
                 })
             })
@@ -603,7 +619,7 @@ mod tests {
         for w in workers {
             w.join().expect("worker");
         }
-        stats.start("svc", "Put");
+        let _open = stats.start("svc", "Put");
         let snap = stats.snapshot();
         let get = snap.method("svc", "Get").expect("Get");
         assert_eq!((get.calls, get.ok, get.failed()), (400, 360, 40));
