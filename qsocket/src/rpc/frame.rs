@@ -117,6 +117,23 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A frame of `kind` with nothing in it (never sent: for markers between a codec and its
+    /// listener).
+    pub(crate) fn marker(kind: u8) -> Frame {
+        Frame {
+            kind,
+            codec: 0,
+            flags: 0,
+            status: 0,
+            id: 0,
+            timeout_ms: 0,
+            buf: Bytes::new(),
+            service_len: 0,
+            method_len: 0,
+            metadata_len: 0,
+        }
+    }
+
     /// The service name (requests).
     pub fn service(&self) -> &[u8] {
         &self.buf[HEADER_LEN..HEADER_LEN + self.service_len as usize]

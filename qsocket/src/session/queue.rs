@@ -170,34 +170,30 @@ impl<T> Sender<T> {
     ///
     /// [`wait_for_room`]: Sender::wait_for_room
     pub(crate) fn push_from(&self, next: &mut dyn FnMut() -> Option<T>) -> Result<bool, ()> {
-        let (done, waker) = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err(());
-            }
-            let was_empty = st.queue.is_empty();
-            let mut done = false;
-            while st.queue.len() < self.shared.cap {
-                match next() {
-                    Some(msg) => {
-                        st.room(self.shared.cap);
-                        st.queue.push_back(msg)
-                    }
-                    None => {
-                        done = true;
-                        break;
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err(());
+        }
+        let mut done = false;
+        while st.queue.len() < self.shared.cap {
+            match next() {
+                Some(msg) => {
+                    st.room(self.shared.cap);
+                    st.queue.push_back(msg);
+                    if st.queue.len() == 1 {
+                        // Woken at the first message, not after the last: the receiver is
+                        // scheduled behind what `next` woke so far, ahead of what it wakes
+                        // later (a codec that completes calls as it decodes relies on it).
+                        if let Some(w) = st.rx_waker.take() {
+                            w.wake();
+                        }
                     }
                 }
+                None => {
+                    done = true;
+                    break;
+                }
             }
-            let waker = if was_empty && !st.queue.is_empty() {
-                st.rx_waker.take()
-            } else {
-                None
-            };
-            (done, waker)
-        };
-        if let Some(w) = waker {
-            w.wake();
         }
         Ok(done)
     }

@@ -198,6 +198,7 @@ impl Channel {
         let codec = ClientCodec {
             frames: FrameCodec::new(cfg.limits),
             pending: pending.clone(),
+            completed: 0,
         };
         let parts = ListenerParts {
             live: inner.live.clone(),

@@ -15,16 +15,34 @@ use tokio::sync::Semaphore;
 pub(crate) struct ClientCodec {
     pub(crate) frames: FrameCodec,
     pub(crate) pending: Arc<Pending>,
+    /// Responses completed in this pass over the read buffer.
+    pub(crate) completed: usize,
 }
 
+/// After this many responses of one read are completed, the codec hands the listener a
+/// [`PAUSE`] marker.
+const PAUSE_AFTER: usize = 8;
+
+/// Not a frame kind on the wire: the marker a client codec hands its listener after the
+/// first [`PAUSE_AFTER`] responses of a read. Queuing it wakes the connection's handler
+/// *between* those callers and the rest, so the requests the first callers send next are
+/// written while the rest are still being completed — the peer gets to work on them at once
+/// instead of both sides taking turns. The listener ignores it.
+pub(crate) const PAUSE: u8 = 0xff;
+
+/// No pause when more than this is still to decode: this side is behind (the peer has work
+/// queued already), and a write split in two would only cost a system call.
+const PAUSE_BACKLOG: usize = 4 * 1024;
+
 impl ClientCodec {
-    fn complete(&self, frame: Frame) -> Option<Frame> {
+    fn complete(&mut self, frame: Frame, backlog: usize) -> Option<Frame> {
         if frame.kind != kind::RESPONSE {
             return Some(frame);
         }
         let id = frame.id;
         self.pending.complete(id, Ok(frame));
-        None
+        self.completed += 1;
+        (self.completed == PAUSE_AFTER && backlog <= PAUSE_BACKLOG).then(|| Frame::marker(PAUSE))
     }
 }
 
@@ -34,19 +52,21 @@ impl tokio_util::codec::Decoder for ClientCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
         while let Some(frame) = self.frames.decode(src)? {
-            if let Some(other) = self.complete(frame) {
+            if let Some(other) = self.complete(frame, src.len()) {
                 return Ok(Some(other));
             }
         }
+        self.completed = 0;
         Ok(None)
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
         while let Some(frame) = self.frames.decode_eof(src)? {
-            if let Some(other) = self.complete(frame) {
+            if let Some(other) = self.complete(frame, src.len()) {
                 return Ok(Some(other));
             }
         }
+        self.completed = 0;
         Ok(None)
     }
 }
