@@ -227,13 +227,19 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_and_metrics_count_exactly_what_was_done() {
+    for bind in TRANSPORTS {
+        count_exactly(bind).await;
+    }
+}
+
+async fn count_exactly(bind: &str) {
     let handled = Arc::new(AtomicUsize::new(0));
     let server_stats = Stats::new(Side::Server);
     let client_stats = Stats::new(Side::Client);
     let server = RpcServer::builder(router(handled.clone()))
         .layer(server_stats.layer())
         .layer(Auth::new(tokens()))
-        .bind("tcp://127.0.0.1:0")
+        .bind(bind)
         .metrics("127.0.0.1:0", [server_stats.clone(), client_stats.clone()])
         .start()
         .await

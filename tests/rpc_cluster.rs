@@ -193,9 +193,9 @@ async fn a_call_that_may_have_run_is_retried_only_when_idempotent() {
         let f = fleet(bind, 2).await;
         // Both slow: every attempt runs out of its own time limit after it was written.
         for i in &f {
-            i.b.delay_ms.store(400, Ordering::SeqCst);
+            i.b.delay_ms.store(3_000, Ordering::SeqCst);
         }
-        let policy = Policy::failover(1).attempt_timeout(Duration::from_millis(50));
+        let policy = Policy::failover(1).attempt_timeout(Duration::from_millis(300));
         let cluster = Cluster::new(policy);
         let c = client_of(&f, None).await.layer(cluster.clone());
         let st = echo(&c, "once").await.expect_err("times out");
@@ -424,7 +424,13 @@ async fn hedging_on_the_observed_p95_waits_about_as_long_as_a_usual_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_stops_a_storm_against_a_failing_fleet() {
-    let f = fleet("tcp://127.0.0.1:0", 2).await;
+    for bind in TRANSPORTS {
+        storm(bind).await;
+    }
+}
+
+async fn storm(bind: &str) {
+    let f = fleet(bind, 2).await;
     for i in &f {
         i.b.failing.store(1, Ordering::SeqCst);
     }
@@ -449,9 +455,16 @@ async fn retry_budget_stops_a_storm_against_a_failing_fleet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_skips_half_opens_and_closes() {
-    let f = fleet("tcp://127.0.0.1:0", 2).await;
+    for bind in TRANSPORTS {
+        breaker_cycle(bind).await;
+    }
+}
+
+async fn breaker_cycle(bind: &str) {
+    let f = fleet(bind, 2).await;
     f[0].b.failing.store(1, Ordering::SeqCst);
-    let c = client_of(&f, Some(Breaker::new(3, Duration::from_millis(300)))).await;
+    // A cool-down long enough that the calls of each step fit in it on a busy machine.
+    let c = client_of(&f, Some(Breaker::new(3, Duration::from_millis(1_500)))).await;
     let circuit_of_bad = |c: &RpcClient| {
         c.channel()
             .live_nodes()
@@ -531,11 +544,12 @@ async fn a_users_rate_limit_layer_rejects_calls() {
         max: 5,
         used: Arc::new(AtomicUsize::new(0)),
     };
-    // Under the cluster layer: a rejected call is not retried (resource_exhausted).
+    // Under the cluster layer: a rejected call (resource_exhausted) is not retried.
+    let cluster = Cluster::new(Policy::failover(2));
     let c = client_of(&f, None)
         .await
         .layer(limit)
-        .layer(Cluster::new(Policy::failover(2)));
+        .layer(cluster.clone());
     let mut ok = 0;
     let mut limited = 0;
     for i in 0..8 {
@@ -549,4 +563,5 @@ async fn a_users_rate_limit_layer_rejects_calls() {
     }
     assert_eq!((ok, limited), (5, 3));
     assert_eq!(f[0].b.calls(), 5);
+    assert_eq!(cluster.counters().retries, 0, "a refusal is not retried");
 }

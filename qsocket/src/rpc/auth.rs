@@ -26,7 +26,7 @@ use super::status::Status;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -251,9 +251,20 @@ impl<I: Invoke> Invoke for WithBearer<I> {
 
 /// The server's bearer tokens and whom each one identifies. Kept as SHA-256 digests; a
 /// presented token is compared with every one in constant time.
-#[derive(Default)]
 pub struct BearerTokens {
     tokens: Vec<([u8; 32], Arc<Principal>)>,
+    /// Unique per set (what a session's cached token is tied to).
+    id: u64,
+}
+
+impl Default for BearerTokens {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        BearerTokens {
+            tokens: Vec::new(),
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 impl fmt::Debug for BearerTokens {
@@ -277,6 +288,16 @@ impl BearerTokens {
     }
 }
 
+/// The bearer token a session last presented and whom it identified: later calls on the
+/// session that present the same token skip hashing it (compared in constant time).
+#[derive(Clone)]
+struct SessionBearer {
+    token: Arc<[u8]>,
+    who: Arc<Principal>,
+    /// Which [`BearerTokens`] accepted it.
+    by: u64,
+}
+
 impl Authenticator for BearerTokens {
     fn authenticate(&self, call: &CallContext) -> Result<Arc<Principal>, Status> {
         let md = call.metadata();
@@ -286,6 +307,14 @@ impl Authenticator for BearerTokens {
         let token = header.strip_prefix(b"Bearer ").ok_or_else(|| {
             Status::unauthenticated("malformed authorization: not a bearer token")
         })?;
+        let me = self.id;
+        let cached = call.with_session_attr(|c: Option<&mut SessionBearer>| {
+            c.filter(|c| c.by == me && bool::from(c.token.as_ref().ct_eq(token)))
+                .map(|c| c.who.clone())
+        });
+        if let Some(who) = cached {
+            return Ok(who);
+        }
         let digest = sha256(token);
         // Every stored digest is compared, whichever matches.
         let mut found: Option<&Arc<Principal>> = None;
@@ -294,9 +323,15 @@ impl Authenticator for BearerTokens {
                 found = Some(who);
             }
         }
-        found
+        let who = found
             .cloned()
-            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))
+            .ok_or_else(|| Status::unauthenticated("invalid bearer token"))?;
+        call.set_session_attr(SessionBearer {
+            token: token.into(),
+            who: who.clone(),
+            by: me,
+        });
+        Ok(who)
     }
 }
 
@@ -452,16 +487,21 @@ impl fmt::Debug for AccessKeys {
     }
 }
 
-/// Nonces seen within the skew window: a set and the order they expire in.
+/// Nonces seen within the skew window, per access key.
 struct Nonces {
-    /// Keyed 128-bit hashes of (key id, nonce): no copy of either is kept.
-    seen: HashSet<u128>,
-    /// (timestamp, expiry, hash), oldest first.
-    expiry: VecDeque<(u64, u64, u128)>,
+    by_key: HashMap<String, KeyNonces>,
+    /// Most nonces remembered per key.
+    capacity: usize,
     /// The hash keys (random per process).
     hashers: (RandomState, RandomState),
-    capacity: usize,
-    /// Requests stamped at or before this were forgotten early to stay within `capacity`:
+}
+
+/// The nonces of one key: (timestamp, keyed 128-bit hash of the nonce), oldest first — no
+/// copy of a nonce is kept. A replay carries the same (signed) timestamp and nonce.
+#[derive(Default)]
+struct KeyNonces {
+    seen: BTreeSet<(u64, u128)>,
+    /// Requests stamped at or before this were forgotten early to stay within the capacity:
     /// they can no longer be checked for replays, so they are refused.
     floor: u64,
 }
@@ -484,10 +524,8 @@ impl AccessKeys {
             keys: HashMap::new(),
             skew: DEFAULT_SKEW,
             nonces: Mutex::new(Nonces {
-                seen: HashSet::new(),
-                expiry: VecDeque::new(),
+                by_key: HashMap::new(),
                 capacity: DEFAULT_NONCES,
-                floor: 0,
                 hashers: (RandomState::new(), RandomState::new()),
             }),
         }
@@ -506,10 +544,11 @@ impl AccessKeys {
         self
     }
 
-    /// How many nonces are remembered at most. Beyond that the oldest are forgotten early, and
-    /// requests stamped no later than a forgotten one are refused as expired (they could no
-    /// longer be checked for replays): under more signed calls than the cache holds per skew
-    /// window, the window narrows to what it covers.
+    /// How many nonces are remembered at most per key. Beyond that the key's oldest are
+    /// forgotten early, and its requests stamped no later than a forgotten one are refused as
+    /// expired (they could no longer be checked for replays): under more signed calls per skew
+    /// window than that, the key's window narrows to what its cache covers. Keys do not
+    /// share a cache: one key's traffic never narrows another's window.
     pub fn nonce_capacity(self, capacity: usize) -> Self {
         if let Ok(mut n) = self.nonces.lock() {
             n.capacity = capacity.max(1);
@@ -566,38 +605,45 @@ impl Authenticator for AccessKeys {
             .map_err(|_| Status::unauthenticated("bad signature"))?;
         // A valid signature: refuse it if its nonce was seen within the window.
         let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (u128::from(n.hashers.0.hash_one((id, nonce))) << 64)
-            | u128::from(n.hashers.1.hash_one((id, nonce)));
-        while n.expiry.front().is_some_and(|(_, until, _)| *until < now) {
-            if let Some((_, _, k)) = n.expiry.pop_front() {
-                n.seen.remove(&k);
+        let hash = (u128::from(n.hashers.0.hash_one(nonce)) << 64)
+            | u128::from(n.hashers.1.hash_one(nonce));
+        let capacity = n.capacity;
+        if !n.by_key.contains_key(id) {
+            n.by_key.insert(id.to_string(), KeyNonces::default());
+        }
+        let Some(k) = n.by_key.get_mut(id) else {
+            return Err(Status::internal("nonce cache lost a key"));
+        };
+        // Forget what the skew check refuses anyway.
+        while let Some(&(stamped, _)) = k.seen.first() {
+            if stamped.saturating_add(skew) >= now {
+                break;
             }
+            k.seen.pop_first();
         }
-        if at <= n.floor {
-            return Err(Status::unauthenticated(
+        let expired = || {
+            Status::unauthenticated(
                 "request timestamp older than the replay check still covers (expired)",
-            ));
+            )
+        };
+        if at <= k.floor {
+            return Err(expired());
         }
-        if n.seen.contains(&key) {
+        if k.seen.contains(&(at, hash)) {
             return Err(Status::unauthenticated(
                 "replayed request: nonce already used",
             ));
         }
-        while n.seen.len() >= n.capacity {
-            let Some((stamped, _, k)) = n.expiry.pop_front() else {
+        while k.seen.len() >= capacity {
+            let Some((stamped, _)) = k.seen.pop_first() else {
                 break;
             };
-            n.seen.remove(&k);
-            n.floor = n.floor.max(stamped);
+            k.floor = k.floor.max(stamped);
         }
-        if at <= n.floor {
-            return Err(Status::unauthenticated(
-                "request timestamp older than the replay check still covers (expired)",
-            ));
+        if at <= k.floor {
+            return Err(expired());
         }
-        n.seen.insert(key);
-        // Remembered until the timestamp leaves the window.
-        n.expiry.push_back((at, at.max(now) + skew, key));
+        k.seen.insert((at, hash));
         Ok(who.clone())
     }
 }

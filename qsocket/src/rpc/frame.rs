@@ -127,7 +127,8 @@ impl Frame {
             status: 0,
             id: 0,
             timeout_ms: 0,
-            buf: Bytes::new(),
+            // An all-zero header: its names, metadata and body read as empty.
+            buf: Bytes::from_static(&[0; HEADER_LEN]),
             service_len: 0,
             method_len: 0,
             metadata_len: 0,
@@ -253,6 +254,8 @@ pub fn put_metadata(buf: &mut Vec<u8>, key: &str, value: &[u8]) -> Result<(), Fr
             max: u16::MAX as usize,
         });
     }
+    // One allocation for the entry, not one per growth step.
+    buf.reserve(3 + key.len() + value.len());
     buf.push(key.len() as u8);
     buf.extend_from_slice(key.as_bytes());
     buf.extend_from_slice(&(value.len() as u16).to_be_bytes());

@@ -181,11 +181,17 @@ impl<T> Sender<T> {
                     st.room(self.shared.cap);
                     st.queue.push_back(msg);
                     if st.queue.len() == 1 {
-                        // Woken at the first message, not after the last: the receiver is
-                        // scheduled behind what `next` woke so far, ahead of what it wakes
-                        // later (a codec that completes calls as it decodes relies on it).
+                        // Woken at the first message, not after the last, so that on a
+                        // one-thread runtime the receiver is scheduled behind the tasks `next`
+                        // woke so far and ahead of those it wakes later (a codec that
+                        // completes calls as it decodes uses this). Woken outside the lock.
                         if let Some(w) = st.rx_waker.take() {
+                            drop(st);
                             w.wake();
+                            st = self.shared.lock();
+                            if st.closed {
+                                return Err(());
+                            }
                         }
                     }
                 }

@@ -9,7 +9,7 @@
 //! implements [`Balancer`].
 
 use super::instance::Instance;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -197,8 +197,9 @@ pub struct NodeState {
     /// Circuit breaker: 0 while closed; otherwise when the open circuit may be probed, in
     /// [`now_ms`] time.
     open_until: AtomicU64,
-    /// Circuit breaker: the half-open probe is out.
-    probing: AtomicBool,
+    /// Circuit breaker: when the half-open probe went out ([`now_ms`] time; 0: none). A probe
+    /// out for longer than a cool-down is taken as lost, and another may go.
+    probing: AtomicU64,
 }
 
 /// Milliseconds since this process first asked (never 0).
@@ -312,17 +313,21 @@ impl Node {
         }
     }
 
-    /// Whether a call may go to it now (breaker): closed, or half-open and this call takes
-    /// the one probe (`probe` is then set).
-    pub(crate) fn admits(&self, now: u64, probe: &mut bool) -> bool {
+    /// Whether a call may go to it now under breaker `b`: closed, or half-open and this call
+    /// takes the one probe (`probe` is then set).
+    pub(crate) fn admits(&self, now: u64, b: &Breaker, probe: &mut bool) -> bool {
         let st = &self.0.state;
         match st.open_until.load(Ordering::Acquire) {
             0 => true,
             t if now < t => false,
             _ => {
+                let out = st.probing.load(Ordering::Acquire);
+                if out != 0 && now < out.saturating_add(b.cooldown.as_millis() as u64) {
+                    return false;
+                }
                 *probe = st
                     .probing
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(out, now, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok();
                 *probe
             }
@@ -342,7 +347,7 @@ impl Node {
         if ok {
             if open {
                 st.open_until.store(0, Ordering::Release);
-                st.probing.store(false, Ordering::Release);
+                st.probing.store(0, Ordering::Release);
                 tracing::info!(endpoint = %self.instance().endpoint(), "circuit closed");
             }
             return;
@@ -350,7 +355,7 @@ impl Node {
         if open || st.failures.load(Ordering::Relaxed) >= b.failures {
             let until = now_ms() + b.cooldown.as_millis() as u64;
             st.open_until.store(until, Ordering::Release);
-            st.probing.store(false, Ordering::Release);
+            st.probing.store(0, Ordering::Release);
             if !open {
                 tracing::warn!(endpoint = %self.instance().endpoint(), failures = b.failures, cooldown = ?b.cooldown, "circuit opened");
             }
@@ -364,8 +369,8 @@ impl Node {
         if counted {
             st.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
-        if st.probing.load(Ordering::Relaxed) {
-            st.probing.store(false, Ordering::Release);
+        if st.probing.load(Ordering::Relaxed) != 0 {
+            st.probing.store(0, Ordering::Release);
         }
     }
 

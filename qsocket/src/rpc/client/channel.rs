@@ -487,7 +487,7 @@ impl Invoke for Channel {
             id,
             armed: !oneway,
             written: false,
-            ended: (None, Some(true)),
+            ended: (None, None),
             counted,
             breaker: self.inner.live.breaker,
         };
@@ -559,7 +559,12 @@ impl Invoke for Channel {
             Err(crate::session::TrySendError::Closed(_)) => return Err(closed()),
             Err(crate::session::TrySendError::Full(frame)) => {
                 registered = false;
-                match tokio::time::timeout_at(req.deadline.into(), conn.session.send(frame)).await {
+                // Dropped while waiting for room: given up by its caller.
+                guard.ended.1 = None;
+                let sent =
+                    tokio::time::timeout_at(req.deadline.into(), conn.session.send(frame)).await;
+                guard.ended.1 = Some(false);
+                match sent {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(closed()),
                     Err(_) => {

@@ -222,11 +222,15 @@ impl Live {
         };
         // Instances an open circuit skips (none without a breaker: no look at the nodes).
         let mut blocked = Vec::new();
-        if self.breaker.is_some() && nodes.iter().any(Node::tripped) {
+        if let Some(b) = self
+            .breaker
+            .as_ref()
+            .filter(|_| nodes.iter().any(Node::tripped))
+        {
             let now = now_ms();
             for (i, n) in nodes.iter().enumerate() {
                 let mut probe = false;
-                if !n.admits(now, &mut probe) {
+                if !n.admits(now, b, &mut probe) {
                     blocked.push(n.key());
                 } else if probe {
                     // This call probes a half-open circuit: it goes there.

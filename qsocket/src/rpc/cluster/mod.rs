@@ -117,6 +117,15 @@ struct State {
 }
 
 impl State {
+    fn new(budget: RetryBudget, failback_capacity: usize) -> Arc<State> {
+        Arc::new(State {
+            budget: Bucket::new(budget),
+            counters: Counters::default(),
+            latencies: Mutex::new(Vec::new()),
+            failback_capacity,
+        })
+    }
+
     fn p95(&self, service: &str, method: &str) -> Option<Duration> {
         let all = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         let (_, _, w) = all.iter().find(|(s, m, _)| s == service && m == method)?;
@@ -176,6 +185,7 @@ impl State {
 pub struct Cluster {
     policies: Arc<Policies>,
     state: Arc<State>,
+    budget: RetryBudget,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -201,12 +211,8 @@ impl Cluster {
                 default,
                 ..Policies::default()
             }),
-            state: Arc::new(State {
-                budget: Bucket::new(RetryBudget::default()),
-                counters: Counters::default(),
-                latencies: Mutex::new(Vec::new()),
-                failback_capacity: DEFAULT_FAILBACK_QUEUE,
-            }),
+            state: State::new(RetryBudget::default(), DEFAULT_FAILBACK_QUEUE),
+            budget: RetryBudget::default(),
         }
     }
 
@@ -229,12 +235,8 @@ impl Cluster {
 
     /// Caps retries and hedges (a fresh budget and fresh counters: set it before cloning).
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
-        self.state = Arc::new(State {
-            budget: Bucket::new(budget),
-            counters: Counters::default(),
-            latencies: Mutex::new(Vec::new()),
-            failback_capacity: self.state.failback_capacity,
-        });
+        self.budget = budget;
+        self.state = State::new(budget, self.state.failback_capacity);
         self
     }
 
@@ -242,12 +244,7 @@ impl Cluster {
     /// [`DEFAULT_FAILBACK_QUEUE`]); more are dropped and counted (fresh counters: set it before
     /// cloning).
     pub fn failback_queue(mut self, capacity: usize) -> Self {
-        self.state = Arc::new(State {
-            budget: Bucket::new(RetryBudget::default()),
-            counters: Counters::default(),
-            latencies: Mutex::new(Vec::new()),
-            failback_capacity: capacity.max(1),
-        });
+        self.state = State::new(self.budget, capacity.max(1));
         self
     }
 
@@ -300,22 +297,17 @@ pub struct ClusterInvoke<I> {
     failback: OnceLock<mpsc::Sender<Queued>>,
 }
 
-/// Whether a failed attempt may be tried again: never sent, or `unavailable` from a server
-/// that did not run it; for idempotent methods also a timeout, or a connection lost after the
-/// request was written.
+/// Whether a failed attempt may be tried again: `unavailable` — the request never left this
+/// process (no connection, a session closed before the write, no live instance), or a server
+/// answered that it cannot serve it now; for idempotent methods also a timeout, or a
+/// connection lost after the request was written. Anything else (a refusal by a layer, a
+/// request too large, a handler's own error) would fail again: it is not retried.
 pub fn retryable(st: &Status, idempotent: bool) -> bool {
-    match st.sent() {
-        Sent::No => st.code() != Code::DeadlineExceeded || idempotent,
-        Sent::Maybe => {
-            idempotent
-                && matches!(
-                    st.code(),
-                    Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-                )
-        }
-        Sent::Yes => {
-            st.code() == Code::Unavailable || (idempotent && st.code() == Code::DeadlineExceeded)
-        }
+    match (st.code(), st.sent()) {
+        (Code::Unavailable, Sent::No | Sent::Yes) => true,
+        (Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled, Sent::Maybe) => idempotent,
+        (Code::DeadlineExceeded, Sent::Yes) => idempotent,
+        _ => false,
     }
 }
 
@@ -420,6 +412,7 @@ impl<I: Invoke> ClusterInvoke<I> {
                 bump(&self.state.counters.hedges);
                 req.hedges += 1;
             }
+            bound(a, p);
             running.push(attempt_on(&*self.inner, a));
         }
         let mut last: Option<(Status, Option<Node>)> = None;
@@ -437,7 +430,9 @@ impl<I: Invoke> ClusterInvoke<I> {
             tokio::select! {
                 done = running.next() => match done {
                     Some((Ok(resp), instance)) => {
-                        if hedging && matches!(p.hedge, HedgeDelay::P95 { .. }) {
+                        // Only a call its first attempt answered before any hedge tells the
+                        // method's own latency (a hedge's win includes the delay).
+                        if hedging && req.hedges == 0 && matches!(p.hedge, HedgeDelay::P95 { .. }) {
                             self.state.observe(req.service, req.method, started.elapsed());
                         }
                         req.instance = instance;
@@ -459,6 +454,7 @@ impl<I: Invoke> ClusterInvoke<I> {
                     if self.state.budget.withdraw() {
                         bump(&self.state.counters.hedges);
                         req.hedges += 1;
+                        bound(a, p);
                         running.push(attempt_on(&*self.inner, a));
                         more = waiting.len() > 0;
                     } else {
@@ -543,6 +539,13 @@ impl<I: Invoke> Invoke for ClusterInvoke<I> {
             Strategy::Failback => Box::pin(self.failback(req, &p)).await,
             Strategy::Forking | Strategy::Hedging => Box::pin(self.racing(req, &p)).await,
         }
+    }
+}
+
+/// Bounds an attempt sent now by the policy's attempt timeout (within the call's deadline).
+fn bound(a: &mut Request<'_>, p: &Policy) {
+    if let Some(t) = p.attempt_timeout {
+        a.deadline = a.deadline.min(Instant::now() + t);
     }
 }
 

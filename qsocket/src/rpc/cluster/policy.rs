@@ -22,10 +22,11 @@ pub enum Strategy {
     /// a response behaves as [`Failfast`](Strategy::Failfast).
     Failback,
     /// Sends to `forks` instances at once; the first success wins and the other attempts are
-    /// cancelled.
+    /// cancelled. The method may run on several instances: for idempotent methods (reads).
     Forking,
     /// If no answer came within the hedge delay, sends one more attempt to another instance
-    /// (up to `retries` extra attempts); the first success wins, the rest are cancelled.
+    /// (up to `retries` extra attempts); the first success wins, the rest are cancelled. The
+    /// method may run on several instances: for idempotent methods (reads).
     Hedging,
 }
 

@@ -112,20 +112,33 @@ impl Shard {
     }
 }
 
-/// A call being counted: where its counts are (the shard of the thread it started on).
+/// A call being counted: where its counts are (the shard of the thread it started on). A
+/// ticket dropped without [`end`](Ticket::end) — its call was given up by the caller — counts
+/// the call as `cancelled`.
 #[derive(Debug)]
 #[must_use = "a started call is counted in flight until its ticket ends it"]
 pub struct Ticket {
     shard: Arc<Shard>,
     index: usize,
+    ended: bool,
 }
 
 impl Ticket {
     /// Records the end of the call: its outcome, latency, and the retries and hedges a
     /// strategy sent for it.
     #[inline]
-    pub fn end(self, outcome: Result<(), Code>, latency: Duration, retries: u32, hedges: u32) {
-        let micros = (latency.as_micros() as u64).clamp(1, MAX_MICROS);
+    pub fn end(mut self, outcome: Result<(), Code>, latency: Duration, retries: u32, hedges: u32) {
+        self.ended = true;
+        self.record(outcome, Some(latency), retries, hedges);
+    }
+
+    fn record(
+        &self,
+        outcome: Result<(), Code>,
+        latency: Option<Duration>,
+        retries: u32,
+        hedges: u32,
+    ) {
         let mut entries = lock(&self.shard.entries);
         let Some(e) = entries.get_mut(self.index) else {
             return;
@@ -137,11 +150,22 @@ impl Ticket {
         }
         e.retries += u64::from(retries);
         e.hedges += u64::from(hedges);
+        let Some(latency) = latency else {
+            return;
+        };
         if e.latency.is_none() {
             e.latency = Histogram::new_with_bounds(1, MAX_MICROS, 2).ok();
         }
         if let Some(h) = e.latency.as_mut() {
-            h.saturating_record(micros);
+            h.saturating_record((latency.as_micros() as u64).clamp(1, MAX_MICROS));
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.record(Err(Code::Cancelled), None, 0, 0);
         }
     }
 }
@@ -247,7 +271,11 @@ impl Stats {
             e.in_flight += 1;
             i
         });
-        Ticket { shard, index }
+        Ticket {
+            shard,
+            index,
+            ended: false,
+        }
     }
     /// Every method's counts, merged over the shards, sorted by service and method.
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -589,7 +617,12 @@ impl ServerLayer for StatsLayer {
         // the sums come out right either way).
         let shard = self.stats.shard();
         let index = shard.with(call.service(), call.method(), |i, _| i);
-        Ticket { shard, index }.end(status.map_err(Status::code), latency, 0, 0);
+        Ticket {
+            shard,
+            index,
+            ended: false,
+        }
+        .end(status.map_err(Status::code), latency, 0, 0);
     }
 }
 
