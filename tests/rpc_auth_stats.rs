@@ -4,29 +4,18 @@
 //! HTTP) counting exactly what the test did.
 
 mod common;
+mod rpc_common;
 
 use qsocket::rpc::{
     AccessKey, AccessKeys, Auth, BearerToken, BearerTokens, CallContext, ClientLayer, Cluster,
     Code, Invoke, Policy, Principal, Request, Response, Router, RpcClient, RpcServer, Service,
     Side, Stats, Status,
 };
+use rpc_common::{msg, Msg};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-struct Msg {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-fn msg(text: &str) -> Msg {
-    Msg {
-        text: text.to_string(),
-    }
-}
 
 /// `test.Bank`: `Whoami` answers the caller's id; `Close` needs role `admin`; `Fail` answers
 /// `unavailable`.

@@ -3,28 +3,17 @@
 //! circuit breaker, and a user's own layer (a rate limit) rejecting calls.
 
 mod common;
+mod rpc_common;
 
 use common::{eventually, within};
 use qsocket::rpc::{
     Breaker, CallContext, Circuit, ClientLayer, Cluster, Code, Codec, HedgeDelay, Invoke, Policy,
     Request, Response, RetryBudget, Router, RpcClient, RpcServer, Service, Status,
 };
+use rpc_common::{msg, Msg};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-struct Msg {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-fn msg(text: &str) -> Msg {
-    Msg {
-        text: text.to_string(),
-    }
-}
 
 /// How a test server answers.
 #[derive(Default)]

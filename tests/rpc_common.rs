@@ -93,3 +93,17 @@ pub fn router(counters: Arc<Counters>) -> Router {
             }),
     )
 }
+
+/// A one-field message of the layer tests (`rpc_cluster`, `rpc_auth_stats`).
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Msg {
+    #[prost(string, tag = "1")]
+    pub text: String,
+}
+
+pub fn msg(text: &str) -> Msg {
+    Msg {
+        text: text.to_string(),
+    }
+}
