@@ -420,7 +420,8 @@ impl Invoke for Channel {
         let cfg = &self.inner.cfg;
         let picked = match self.inner.live.pick(req) {
             Ok(Some(c)) => Ok(c),
-            Ok(None) => self.conn(req).await,
+            // Rare (no live connection now): boxed, so its state does not enlarge every call's.
+            Ok(None) => Box::pin(self.conn(req)).await,
             Err(st) => Err(st),
         };
         let (node, conn) = match picked {
@@ -442,8 +443,12 @@ impl Invoke for Channel {
         let udp = conn.session.transport() == Transport::Udp;
         let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
             Some(sem) => {
-                match tokio::time::timeout_at(req.deadline.into(), sem.clone().acquire_owned())
-                    .await
+                // UDP only: boxed, so its state does not enlarge every call's.
+                match Box::pin(tokio::time::timeout_at(
+                    req.deadline.into(),
+                    sem.clone().acquire_owned(),
+                ))
+                .await
                 {
                     Ok(Ok(p)) => {
                         now = Instant::now();
@@ -561,8 +566,11 @@ impl Invoke for Channel {
                 registered = false;
                 // Dropped while waiting for room: given up by its caller.
                 guard.ended.1 = None;
-                let sent =
-                    tokio::time::timeout_at(req.deadline.into(), conn.session.send(frame)).await;
+                let sent = Box::pin(tokio::time::timeout_at(
+                    req.deadline.into(),
+                    conn.session.send(frame),
+                ))
+                .await;
                 guard.ended.1 = Some(false);
                 match sent {
                     Ok(Ok(())) => {}

@@ -36,6 +36,7 @@ use super::status::{Sent, Status};
 use crate::session::SessionConfig;
 use crate::Error;
 use live::{Balancers, Live};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -580,33 +581,62 @@ impl<'a, I: Invoke> Call<'a, I> {
     }
 
     /// Sends the request and waits for the response.
-    pub async fn call<Req: Message, Resp: Message>(self, req: &Req) -> Result<Resp, Status> {
+    ///
+    /// The message is encoded before this returns; the future holds only the encoded request
+    /// (and the layers' state), not the builder.
+    pub fn call<Req: Message, Resp: Message>(
+        self,
+        req: &Req,
+    ) -> impl Future<Output = Result<Resp, Status>> + Send + 'a {
         let client = self.client;
-        let mut req = self.prepare::<Req, Resp>(req, false)?;
-        let resp = client.invoke.invoke(&mut req).await?;
-        decode::<Resp>(resp.codec, resp.body)
+        let mut prepared = self.prepare::<Req, Resp>(req, false);
+        async move {
+            let req = prepared_request(&mut prepared)?;
+            let resp = client.invoke.invoke(req).await?;
+            decode::<Resp>(resp.codec, resp.body)
+        }
     }
 
     /// Sends the request and waits for the response and its metadata.
-    pub async fn reply<Req: Message, Resp: Message>(
+    pub fn reply<Req: Message, Resp: Message>(
         self,
         req: &Req,
-    ) -> Result<Reply<Resp>, Status> {
+    ) -> impl Future<Output = Result<Reply<Resp>, Status>> + Send + 'a {
         let client = self.client;
-        let mut req = self.prepare::<Req, Resp>(req, false)?;
-        let resp = client.invoke.invoke(&mut req).await?;
-        Ok(Reply {
-            body: decode::<Resp>(resp.codec, resp.body)?,
-            metadata: resp.metadata,
-        })
+        let mut prepared = self.prepare::<Req, Resp>(req, false);
+        async move {
+            let req = prepared_request(&mut prepared)?;
+            let resp = client.invoke.invoke(req).await?;
+            Ok(Reply {
+                body: decode::<Resp>(resp.codec, resp.body)?,
+                metadata: resp.metadata,
+            })
+        }
     }
 
     /// Sends the request without waiting for any response (a oneway call). Returns once the
     /// request is queued on a connection.
-    pub async fn oneway<Req: Message>(self, req: &Req) -> Result<(), Status> {
+    pub fn oneway<Req: Message>(
+        self,
+        req: &Req,
+    ) -> impl Future<Output = Result<(), Status>> + Send + 'a {
         let client = self.client;
-        let mut req = self.prepare::<Req, ()>(req, true)?;
-        client.invoke.invoke(&mut req).await.map(|_| ())
+        let mut prepared = self.prepare::<Req, ()>(req, true);
+        async move {
+            let req = prepared_request(&mut prepared)?;
+            client.invoke.invoke(req).await.map(|_| ())
+        }
+    }
+}
+
+/// The request in `prepared`, borrowed where it lies (a call's future keeps one copy of it),
+/// or the error that kept it from being made.
+fn prepared_request<'r, 'a>(
+    prepared: &'r mut Result<Request<'a>, Status>,
+) -> Result<&'r mut Request<'a>, Status> {
+    match prepared {
+        Ok(req) => Ok(req),
+        Err(st) => Err(std::mem::replace(st, Status::internal("call polled again"))),
     }
 }
 
