@@ -312,22 +312,19 @@ pub fn retryable(st: &Status, idempotent: bool) -> bool {
 }
 
 impl<I: Invoke> ClusterInvoke<I> {
-    /// One attempt, bounded by the policy's attempt timeout.
+    /// One attempt, bounded by the policy's attempt timeout (one await of the inner invoker,
+    /// so its state is held once).
     async fn attempt(&self, req: &mut Request<'_>, p: &Policy) -> Result<Response, Status> {
-        let Some(t) = p.attempt_timeout else {
-            return self.inner.invoke(req).await;
-        };
         let call_deadline = req.deadline;
-        let own = Instant::now() + t;
-        if own < call_deadline {
-            req.deadline = own;
+        if let Some(t) = p.attempt_timeout {
+            req.deadline = call_deadline.min(Instant::now() + t);
         }
         let r = self.inner.invoke(req).await;
         req.deadline = call_deadline;
         r
     }
 
-    /// Failover and failtry.
+    /// Failfast (no retries), failover and failtry.
     async fn retrying(&self, req: &mut Request<'_>, p: &Policy) -> Result<Response, Status> {
         let idempotent = p.idempotent || req.options.idempotent;
         let mut tries = 0;
@@ -525,14 +522,20 @@ impl<I: Invoke> ClusterInvoke<I> {
 
 impl<I: Invoke> Invoke for ClusterInvoke<I> {
     async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
-        let p = match req.options.policy {
+        let mut p = match req.options.policy {
             Some(p) => p,
             None => self.policies.of(req.service, req.method),
         };
         self.state.budget.deposit();
         match p.strategy {
-            Strategy::Failfast => self.inner.invoke(req).await,
-            Strategy::Failover | Strategy::Failtry => self.retrying(req, &p).await,
+            // One inline path for the common strategies (failfast is a failover without
+            // retries), so the call's future holds the inner invoker's state once.
+            Strategy::Failfast | Strategy::Failover | Strategy::Failtry => {
+                if p.strategy == Strategy::Failfast {
+                    p.retries = 0;
+                }
+                self.retrying(req, &p).await
+            }
             // The rest are boxed: they keep more state, which would otherwise make every
             // call's future larger.
             Strategy::Failsafe => Box::pin(self.failsafe(req)).await,

@@ -555,11 +555,15 @@ impl<I: Invoke> Invoke for StatsInvoke<I> {
             }
         };
         let r = if tracing::enabled!(tracing::Level::DEBUG) {
-            let span = tracing::debug_span!("rpc.call", side = "client", service, method);
-            let r = self.inner.invoke(req).instrument(span.clone()).await;
-            let _in = span.enter();
-            trace_outcome(&r.as_ref().map(|_| ()), started.elapsed());
-            r
+            // Boxed: only at debug level, and it would otherwise enlarge every call's state.
+            Box::pin(async {
+                let span = tracing::debug_span!("rpc.call", side = "client", service, method);
+                let r = self.inner.invoke(req).instrument(span.clone()).await;
+                let _in = span.enter();
+                trace_outcome(&r.as_ref().map(|_| ()), started.elapsed());
+                r
+            })
+            .await
         } else {
             self.inner.invoke(req).await
         };
