@@ -893,3 +893,85 @@ async fn a_spawned_handler_does_not_hold_up_other_calls_on_its_connection() {
     c.close().await;
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A plain Rust type (no protobuf): carried by `Serde<T>`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Point {
+    x: i64,
+    label: String,
+    tags: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messagepack_carries_plain_types_and_protobuf_messages_on_every_transport() {
+    use qsocket::rpc::{CallContext, Router, Serde, Service};
+    let router = Router::new().add_service(
+        Service::new("test.Geo")
+            .unary("Move", |p: Serde<Point>, _ctx: CallContext| async move {
+                let Serde(mut p) = p;
+                p.x += 1;
+                Ok::<_, Status>(Serde(p))
+            })
+            .unary("Echo", |r: EchoRequest, _ctx: CallContext| async move {
+                Ok::<_, Status>(EchoReply {
+                    text: r.text,
+                    deadline_left_ms: 0,
+                })
+            }),
+    );
+    let server = RpcServer::builder(router)
+        .bind("tcp://127.0.0.1:0")
+        .bind("udp://127.0.0.1:0")
+        .bind("ws://127.0.0.1:0/rpc")
+        .start()
+        .await
+        .expect("server");
+    let p = Point {
+        x: 41,
+        label: "here".into(),
+        tags: vec!["a".into(), "b".into()],
+    };
+    for ep in server.local_endpoints() {
+        let url = ep.to_string();
+        // The client's default codec (protobuf) is not spoken by `Serde<Point>`: MessagePack,
+        // its first, is used.
+        let c = client(&url, Codec::Protobuf).await;
+        let Serde(moved): Serde<Point> = c
+            .call("test.Geo", "Move", &Serde(p.clone()))
+            .await
+            .expect("msgpack");
+        assert_eq!(moved.x, 42, "{url}");
+        assert_eq!((moved.label.as_str(), moved.tags.len()), ("here", 2));
+        let Serde(moved): Serde<Point> = c
+            .request("test.Geo", "Move")
+            .codec(Codec::Json)
+            .call(&Serde(p.clone()))
+            .await
+            .expect("json");
+        assert_eq!(moved.x, 42, "{url}");
+        let st = c
+            .request("test.Geo", "Move")
+            .codec(Codec::Protobuf)
+            .call::<_, Serde<Point>>(&Serde(p.clone()))
+            .await
+            .expect_err("no protobuf for a plain type");
+        assert_eq!(st.code(), Code::InvalidArgument, "{url}: {st}");
+        // A protobuf message speaks MessagePack too (through its serde derives).
+        let r: EchoReply = c
+            .request("test.Geo", "Echo")
+            .codec(Codec::MsgPack)
+            .call(&req("packed"))
+            .await
+            .expect("msgpack for a prost message");
+        assert_eq!(r.text, "packed", "{url}");
+    }
+    // On the wire: a map keyed by field name, which any MessagePack library reads.
+    let mut buf = bytes::BytesMut::new();
+    qsocket::rpc::Message::encode_body(&Serde(p), Codec::MsgPack, &mut buf).expect("encode");
+    assert_eq!(buf[0], 0x83, "a fixmap of three entries");
+    let v: std::collections::BTreeMap<String, serde_json::Value> =
+        rmp_serde::from_slice(&buf).expect("a map by name");
+    let keys: Vec<&str> = v.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["label", "tags", "x"]);
+    assert_eq!(v["x"], serde_json::json!(41));
+}

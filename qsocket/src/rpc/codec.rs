@@ -1,5 +1,5 @@
-//! Body codecs: protobuf (prost) and JSON (serde_json), chosen per call. The server answers
-//! in the codec it was asked in.
+//! Body codecs: protobuf (prost), JSON (serde_json) and MessagePack (rmp-serde), chosen per
+//! call. The server answers in the codec it was asked in.
 
 use super::status::Status;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -13,6 +13,9 @@ pub enum Codec {
     Protobuf = 1,
     /// JSON, encoded by serde_json.
     Json = 2,
+    /// MessagePack, encoded by rmp-serde: structs as maps keyed by field name, so other
+    /// languages' MessagePack libraries read them as they read JSON objects.
+    MsgPack = 3,
 }
 
 impl Codec {
@@ -21,6 +24,7 @@ impl Codec {
         match id {
             1 => Some(Codec::Protobuf),
             2 => Some(Codec::Json),
+            3 => Some(Codec::MsgPack),
             _ => None,
         }
     }
@@ -35,6 +39,7 @@ impl Codec {
         match self {
             Codec::Protobuf => "protobuf",
             Codec::Json => "json",
+            Codec::MsgPack => "msgpack",
         }
     }
 }
@@ -45,10 +50,11 @@ impl Codec {
 /// another codec is refused with a status that says so, before anything is encoded or decoded.
 ///
 /// * Types that are both a prost [`Message`](prost::Message) and serde `Serialize +
-///   Deserialize` speak both codecs: types generated from `.proto` files with serde derives,
+///   Deserialize` speak all three codecs: types generated from `.proto` files with serde derives,
 ///   hand-written structs deriving `prost::Message`, `serde::Serialize` and
 ///   `serde::Deserialize`, `()`, `String`, `bool`, the integer types and `bytes::Bytes` /
 ///   `Vec<u8>` (as protobuf wrapper values).
+/// * [`Serde<T>`] carries any serde type as MessagePack (preferred) or JSON.
 /// * [`Json<T>`] carries any serde type as JSON only.
 /// * [`Proto<T>`] carries any prost message as protobuf only.
 pub trait Message: Send + Sized + 'static {
@@ -103,6 +109,30 @@ fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status>
     })
 }
 
+fn encode_msgpack<T: serde::Serialize>(v: &T, buf: &mut BytesMut) -> Result<(), Status> {
+    rmp_serde::encode::write_named(&mut buf.writer(), v)
+        .map_err(|e| Status::internal(format!("msgpack encode: {e}")))
+}
+
+/// An empty body is the empty message here too: an empty map (or nil, for types that are not
+/// structs).
+fn decode_msgpack<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    if body.is_empty() {
+        if let Ok(v) = rmp_serde::from_slice(&[0x80]) {
+            return Ok(v);
+        }
+        if let Ok(v) = rmp_serde::from_slice(&[0xc0]) {
+            return Ok(v);
+        }
+    }
+    rmp_serde::from_slice(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "cannot decode msgpack {}: {e}",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
 fn encode_proto<T: prost::Message>(v: &T, buf: &mut BytesMut) -> Result<(), Status> {
     prost::Message::encode(v, buf).map_err(|e| Status::internal(format!("protobuf encode: {e}")))
 }
@@ -120,12 +150,13 @@ impl<T> Message for T
 where
     T: prost::Message + Default + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
-    const CODECS: &'static [Codec] = &[Codec::Protobuf, Codec::Json];
+    const CODECS: &'static [Codec] = &[Codec::Protobuf, Codec::Json, Codec::MsgPack];
 
     fn encode_body(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), Status> {
         match codec {
             Codec::Protobuf => encode_proto(self, buf),
             Codec::Json => encode_json(self, buf),
+            Codec::MsgPack => encode_msgpack(self, buf),
         }
     }
 
@@ -133,6 +164,7 @@ where
         match codec {
             Codec::Protobuf => decode_proto(body),
             Codec::Json => decode_json(&body),
+            Codec::MsgPack => decode_msgpack(&body),
         }
     }
 
@@ -140,7 +172,7 @@ where
         let n = prost::Message::encoded_len(self);
         match codec {
             Codec::Protobuf => n,
-            Codec::Json => 2 * n + 16,
+            Codec::Json | Codec::MsgPack => 2 * n + 16,
         }
     }
 }
@@ -182,6 +214,45 @@ where
     }
 }
 
+/// Any serde type, carried as MessagePack (preferred: compact and fast) or, when a call asks
+/// for it, JSON. The form for plain Rust types that are not protobuf messages.
+///
+/// ```
+/// use qsocket::rpc::{Codec, Message, Serde};
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Point { x: i32, y: i32 }
+/// assert_eq!(<Serde<Point> as Message>::CODECS, &[Codec::MsgPack, Codec::Json]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Serde<T>(pub T);
+
+impl<T> Message for Serde<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    const CODECS: &'static [Codec] = &[Codec::MsgPack, Codec::Json];
+
+    fn encode_body(&self, codec: Codec, buf: &mut BytesMut) -> Result<(), Status> {
+        match codec {
+            Codec::MsgPack => encode_msgpack(&self.0, buf),
+            Codec::Json => encode_json(&self.0, buf),
+            other => Err(unspoken::<Self>(other, Self::CODECS)),
+        }
+    }
+
+    fn decode_body(codec: Codec, body: Bytes) -> Result<Self, Status> {
+        match codec {
+            Codec::MsgPack => decode_msgpack(&body).map(Serde),
+            Codec::Json => decode_json(&body).map(Serde),
+            other => Err(unspoken::<Self>(other, Self::CODECS)),
+        }
+    }
+
+    fn size_hint(&self, _codec: Codec) -> usize {
+        64
+    }
+}
+
 /// A prost message carried as protobuf only (it need not implement serde).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Proto<T>(pub T);
@@ -213,6 +284,32 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_empty_body_is_the_empty_message_in_json_and_msgpack() {
+        #[derive(Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
+        struct P {
+            x: i64,
+        }
+        for codec in [Codec::Json, Codec::MsgPack] {
+            let p = <Serde<P> as Message>::decode_body(codec, Bytes::new()).expect("empty");
+            assert_eq!(p.0, P::default(), "{codec:?}");
+            let o = <Serde<Option<i64>> as Message>::decode_body(codec, Bytes::new());
+            assert_eq!(o.expect("nil").0, None, "{codec:?}");
+        }
+        let mut b = BytesMut::new();
+        Serde(P { x: 7 })
+            .encode_body(Codec::MsgPack, &mut b)
+            .expect("encode");
+        let back = <Serde<P> as Message>::decode_body(Codec::MsgPack, b.freeze()).expect("decode");
+        assert_eq!(back.0.x, 7);
+        assert!(
+            <Serde<P> as Message>::decode_body(Codec::MsgPack, Bytes::from_static(b"\xc1"))
+                .is_err()
+        );
+    }
+
     use super::*;
 
     #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]

@@ -47,7 +47,7 @@ pub use cluster::{
     retryable, Cluster, ClusterCounters, ClusterInvoke, HedgeDelay, Policy, RetryBudget, Strategy,
     DEFAULT_FAILBACK_QUEUE,
 };
-pub use codec::{Codec, Json, Message, Proto};
+pub use codec::{Codec, Json, Message, Proto, Serde};
 pub use context::{current_deadline, CallContext, Extensions};
 pub use frame::{Limits, Metadata};
 pub use instance::{
