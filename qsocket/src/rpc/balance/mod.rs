@@ -238,6 +238,17 @@ impl Default for Breaker {
     }
 }
 
+/// Whether a call may go to an instance, under its breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admits {
+    /// Its circuit is closed.
+    Yes,
+    /// Its circuit is open, or another call is probing it.
+    No,
+    /// Its circuit is half-open and this call is the probe.
+    Probe,
+}
+
 /// Where an instance's circuit is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Circuit {
@@ -314,22 +325,24 @@ impl Node {
     }
 
     /// Whether a call may go to it now under breaker `b`: closed, or half-open and this call
-    /// takes the one probe (`probe` is then set).
-    pub(crate) fn admits(&self, now: u64, b: &Breaker, probe: &mut bool) -> bool {
+    /// takes the one probe.
+    pub(crate) fn admits(&self, now: u64, b: &Breaker) -> Admits {
         let st = &self.0.state;
         match st.open_until.load(Ordering::Acquire) {
-            0 => true,
-            t if now < t => false,
+            0 => Admits::Yes,
+            t if now < t => Admits::No,
             _ => {
                 let out = st.probing.load(Ordering::Acquire);
                 if out != 0 && now < out.saturating_add(b.cooldown.as_millis() as u64) {
-                    return false;
+                    return Admits::No;
                 }
-                *probe = st
+                match st
                     .probing
                     .compare_exchange(out, now, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok();
-                *probe
+                {
+                    Ok(_) => Admits::Probe,
+                    Err(_) => Admits::No,
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! snapshot that calls pick from. Connections join and leave it through their session
 //! listener; a dead, draining or removed instance leaves the pick set at once.
 
-use super::super::balance::{now_ms, Balancer, Breaker, Node, Pick};
+use super::super::balance::{now_ms, Admits, Balancer, Breaker, Node, Pick};
 use super::super::frame::{control_frame_mut, kind, Frame, FLAG_REPLY};
 use super::super::instance::Instance;
 use super::super::status::{Sent, Status};
@@ -229,12 +229,11 @@ impl Live {
         {
             let now = now_ms();
             for (i, n) in nodes.iter().enumerate() {
-                let mut probe = false;
-                if !n.admits(now, b, &mut probe) {
-                    blocked.push(n.key());
-                } else if probe {
+                match n.admits(now, b) {
+                    Admits::Yes => {}
+                    Admits::No => blocked.push(n.key()),
                     // This call probes a half-open circuit: it goes there.
-                    return Ok(i);
+                    Admits::Probe => return Ok(i),
                 }
             }
             if blocked.len() == nodes.len() {
@@ -264,40 +263,13 @@ impl Live {
             // still hold.
             let soft = req.exclude.iter().chain(extra).last().copied();
             let fallback: Vec<u64> = blocked.iter().copied().chain(soft).collect();
-            let i = self.pick_among(balancer, &call, nodes, &fallback, &blocked)?;
-            return Ok(i);
+            let call = Pick {
+                exclude: &fallback,
+                ..call
+            };
+            return pick_unblocked(balancer, &call, nodes, &blocked);
         }
-        self.pick_among(balancer, &call, nodes, call.exclude, &blocked)
-    }
-
-    /// The balancer's pick with `exclude`, never an instance in `blocked`.
-    fn pick_among(
-        &self,
-        balancer: &Arc<dyn Balancer>,
-        call: &Pick<'_>,
-        nodes: &[Node],
-        exclude: &[u64],
-        blocked: &[u64],
-    ) -> Result<usize, Status> {
-        let call = Pick { exclude, ..*call };
-        let i = balancer.pick(&call, nodes).ok_or_else(|| {
-            Status::unavailable(format!(
-                "balancer {} found no instance for {}.{}",
-                balancer.name(),
-                call.service,
-                call.method
-            ))
-            .with_sent(Sent::No)
-        })?;
-        match nodes.get(i) {
-            Some(n) if !blocked.is_empty() && blocked.contains(&n.key()) => nodes
-                .iter()
-                .position(|n| !blocked.contains(&n.key()))
-                .ok_or_else(|| {
-                    Status::unavailable("circuit open for every instance").with_sent(Sent::No)
-                }),
-            _ => Ok(i),
-        }
+        pick_unblocked(balancer, &call, nodes, &blocked)
     }
 
     /// Whether some instance is live.
@@ -305,11 +277,12 @@ impl Live {
         self.live_count() > 0
     }
 
-    /// How many instances are live.
+    /// The live instances, as the balancer sees them.
     pub(crate) fn live_nodes(&self) -> Vec<Node> {
         lock(&self.set).nodes.clone()
     }
 
+    /// How many instances are live.
     pub(crate) fn live_count(&self) -> usize {
         lock(&self.set).nodes.len()
     }
@@ -412,5 +385,33 @@ impl EventListener for RpcClientListener {
         self.live.closed_conn(self.key, session.id());
         let status = Status::unavailable("connection closed").with_sent(Sent::Maybe);
         self.pending.fail_session(session.id(), &status);
+    }
+}
+
+/// The balancer's pick for `call`, never an instance in `blocked` (a balancer may fall back
+/// to an excluded one).
+fn pick_unblocked(
+    balancer: &Arc<dyn Balancer>,
+    call: &Pick<'_>,
+    nodes: &[Node],
+    blocked: &[u64],
+) -> Result<usize, Status> {
+    let i = balancer.pick(call, nodes).ok_or_else(|| {
+        Status::unavailable(format!(
+            "balancer {} found no instance for {}.{}",
+            balancer.name(),
+            call.service,
+            call.method
+        ))
+        .with_sent(Sent::No)
+    })?;
+    match nodes.get(i) {
+        Some(n) if !blocked.is_empty() && blocked.contains(&n.key()) => nodes
+            .iter()
+            .position(|n| !blocked.contains(&n.key()))
+            .ok_or_else(|| {
+                Status::unavailable("circuit open for every instance").with_sent(Sent::No)
+            }),
+        _ => Ok(i),
     }
 }

@@ -316,9 +316,7 @@ impl<I: Invoke> ClusterInvoke<I> {
     /// so its state is held once).
     async fn attempt(&self, req: &mut Request<'_>, p: &Policy) -> Result<Response, Status> {
         let call_deadline = req.deadline;
-        if let Some(t) = p.attempt_timeout {
-            req.deadline = call_deadline.min(Instant::now() + t);
-        }
+        bound(req, p);
         let r = self.inner.invoke(req).await;
         req.deadline = call_deadline;
         r
