@@ -12,17 +12,30 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{
-    Attribute, Expr, FnArg, Ident, ItemTrait, Lit, Meta, Pat, ReturnType, Token, TraitItem, Type,
+    Attribute, Expr, FnArg, GenericParam, Generics, Ident, ItemTrait, Lit, Meta, Pat, ReturnType,
+    Token, TraitItem, Type, TypeParamBound, Visibility,
 };
+
+mod render;
+
+pub use render::render;
 
 /// A service: what the generated client calls and the generated server dispatches.
 #[derive(Clone)]
 pub struct Service {
-    /// The name on the wire (`name = "…"`; default: the trait's name, prefixed by
-    /// `package` when given).
+    /// The name on the wire (`name = "…"`; see [`name_from_path`](Self::name_from_path)).
     pub name: String,
+    /// No name was given: the wire name is the module path of the trait, with `.` for
+    /// `::`, then `.` and [`name`](Self::name) (the trait's identifier).
+    pub name_from_path: bool,
     /// The trait's identifier.
     pub ident: Ident,
+    /// The trait's visibility (the generated items get it too).
+    pub vis: Visibility,
+    /// The trait's type parameters and where-clause.
+    pub generics: Generics,
+    /// The trait's own supertraits.
+    pub supertraits: Punctuated<TypeParamBound, Token![+]>,
     /// `version = "…"`, if given.
     pub version: Option<String>,
     /// `group = "…"`, if given.
@@ -72,8 +85,10 @@ pub struct Policy {
     pub retries: Option<u32>,
     /// `timeout_ms = N`.
     pub timeout_ms: Option<u64>,
-    /// `hedge_ms = N`.
+    /// `hedge_ms = N` (implies `strategy = "hedging"`).
     pub hedge_ms: Option<u64>,
+    /// `forks = N` (implies `strategy = "forking"`).
+    pub forks: Option<u32>,
     /// `oneway`.
     pub oneway: bool,
     /// `idempotent`.
@@ -90,7 +105,11 @@ pub const STRATEGIES: [&str; 7] = [
 pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> {
     let mut svc = Service {
         name: item.ident.to_string(),
+        name_from_path: true,
         ident: item.ident.clone(),
+        vis: item.vis.clone(),
+        generics: item.generics.clone(),
+        supertraits: item.supertraits.clone(),
         version: None,
         group: None,
         codec: None,
@@ -101,7 +120,10 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
     for meta in metas {
         let key = path_name(&meta)?;
         match key.as_str() {
-            "name" => svc.name = string_value(&meta)?,
+            "name" => {
+                svc.name = string_value(&meta)?;
+                svc.name_from_path = false;
+            }
             "version" => svc.version = Some(string_value(&meta)?),
             "group" => svc.group = Some(string_value(&meta)?),
             "codec" => {
@@ -123,6 +145,29 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
                 ))
             }
         }
+    }
+    for p in &item.generics.params {
+        match p {
+            GenericParam::Type(_) => {}
+            GenericParam::Lifetime(l) => {
+                return Err(syn::Error::new(
+                    l.span(),
+                    "a service trait cannot have lifetime parameters: what travels is owned",
+                ))
+            }
+            GenericParam::Const(c) => {
+                return Err(syn::Error::new(
+                    c.span(),
+                    "a service trait cannot have const parameters: use type parameters",
+                ))
+            }
+        }
+    }
+    if item.unsafety.is_some() || item.auto_token.is_some() {
+        return Err(syn::Error::new(
+            item.trait_token.span(),
+            "a service trait is a plain `trait`",
+        ));
     }
     for ti in &item.items {
         let TraitItem::Fn(f) = ti else {
@@ -151,6 +196,12 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
         return Err(syn::Error::new(
             sig.fn_token.span(),
             "service methods are `async fn`: add `async`",
+        ));
+    }
+    if let Some(body) = &f.default {
+        return Err(syn::Error::new(
+            body.span(),
+            "a service method has no default body: the server's implementation gives it",
         ));
     }
     if !sig.generics.params.is_empty() {
@@ -233,6 +284,7 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
                 "retries" => policy.retries = Some(int_value(&meta)?),
                 "timeout_ms" => policy.timeout_ms = Some(int_value(&meta)?),
                 "hedge_ms" => policy.hedge_ms = Some(int_value(&meta)?),
+                "forks" => policy.forks = Some(int_value(&meta)?),
                 "oneway" => policy.oneway = flag(&meta)?,
                 "idempotent" => policy.idempotent = flag(&meta)?,
                 "rename" => name = string_value(&meta)?,
@@ -241,13 +293,14 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
                         meta.span(),
                         format!(
                             "unknown method attribute `{other}`: use strategy, retries, \
-                             timeout_ms, hedge_ms, oneway, idempotent or rename"
+                             timeout_ms, hedge_ms, forks, oneway, idempotent or rename"
                         ),
                     ))
                 }
             }
         }
     }
+    check_policy(&mut policy, f)?;
     if policy.oneway && !matches!(output, Output::Unit) {
         return Err(syn::Error::new(
             sig.output.span(),
@@ -262,6 +315,53 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
         policy,
         docs: docs(&f.attrs),
     })
+}
+
+/// Fills the strategy `hedge_ms` and `forks` imply, and refuses numbers the strategy does
+/// not read.
+fn check_policy(policy: &mut Policy, f: &syn::TraitItemFn) -> syn::Result<()> {
+    let span = f.sig.ident.span();
+    let err = |msg: String| Err(syn::Error::new(span, msg));
+    if policy.strategy.is_none() {
+        if policy.hedge_ms.is_some() {
+            policy.strategy = Some("hedging".into());
+        } else if policy.forks.is_some() {
+            policy.strategy = Some("forking".into());
+        } else if policy.retries.is_some() {
+            return err(
+                "`retries` needs a strategy that retries: add `strategy = \"failover\"` \
+                 (or failtry, failback, hedging)"
+                    .into(),
+            );
+        }
+    }
+    let strategy = policy.strategy.clone().unwrap_or_default();
+    if policy.hedge_ms.is_some() && strategy != "hedging" {
+        return err(format!(
+            "`hedge_ms` is for strategy = \"hedging\", not {strategy:?}"
+        ));
+    }
+    if policy.forks.is_some() && strategy != "forking" {
+        return err(format!(
+            "`forks` is for strategy = \"forking\", not {strategy:?}"
+        ));
+    }
+    if policy.retries.is_some() && ["failfast", "failsafe", "forking"].contains(&strategy.as_str())
+    {
+        return err(format!(
+            "strategy {strategy:?} does not retry: remove `retries` or use failover, failtry, \
+             failback or hedging"
+        ));
+    }
+    if policy.oneway
+        && !["", "failfast", "failback", "failover", "failtry"].contains(&strategy.as_str())
+    {
+        return err(format!(
+            "a oneway method cannot use strategy {strategy:?}: there is no answer to wait for \
+             (use failfast, failover, failtry or failback)"
+        ));
+    }
+    Ok(())
 }
 
 /// `T`, `()` or `Result<T, E>`.

@@ -7,10 +7,13 @@ use super::metadata::MetadataMap;
 use crate::session::{Session, Transport};
 use bytes::Bytes;
 use std::any::{Any, TypeId};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -18,6 +21,12 @@ thread_local! {
     /// runs only inside its server's poll, so a thread-local set around that poll is the
     /// task's own (and cheaper per call than a tokio task-local).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+thread_local! {
+    /// The context of the call whose generated handler is being polled on this thread (see
+    /// [`CallContext::current`]).
+    static CURRENT: RefCell<Option<CallContext>> = const { RefCell::new(None) };
 }
 
 /// Puts the previous deadline back when a poll ends, a panicking one included.
@@ -71,6 +80,36 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// A clone of the context of the call being served on this thread, when called from a
+    /// method of a service written with `#[qsocket::service]` (or any future run in
+    /// [`scope`](Self::scope)): the implementation reads its call's deadline, peer,
+    /// metadata and authenticated identity without a context argument. `None` elsewhere,
+    /// and in tasks the method spawns.
+    ///
+    /// ```
+    /// use qsocket::rpc::CallContext;
+    /// // Outside a call there is none.
+    /// assert!(CallContext::current().is_none());
+    /// ```
+    pub fn current() -> Option<CallContext> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Runs `f` with the context of the call being served on this thread (see
+    /// [`current`](Self::current)), without cloning it.
+    pub fn with_current<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
+        CURRENT.with(|c| f(c.borrow().as_ref()))
+    }
+
+    /// `fut`, with this context as [`current`](Self::current) while it is polled: what a
+    /// generated server wraps each method call in.
+    pub fn scope<F: Future>(self, fut: F) -> Scoped<F> {
+        Scoped {
+            ctx: Some(self),
+            fut,
+        }
+    }
+
     /// The context of `frame`, a request that came on `session`.
     pub(crate) fn new(frame: &Frame, session: &Session<Bytes>, deadline: Option<Instant>) -> Self {
         CallContext {
@@ -221,6 +260,45 @@ impl CallContext {
     /// The call's typed extensions, editable (a layer inserts, a handler may take).
     pub fn extensions_mut(&mut self) -> &mut Extensions {
         &mut Arc::make_mut(self.extra.get_or_insert_with(Default::default)).extensions
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled with its call's [`CallContext`] as the current one (see
+    /// [`CallContext::scope`]).
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Scoped<F> {
+        ctx: Option<CallContext>,
+        #[pin]
+        fut: F,
+    }
+}
+
+/// Puts the context back into its [`Scoped`] future (and the previous one into the slot) when
+/// a poll ends, a panicking one included.
+struct PutBack<'a> {
+    slot: &'a mut Option<CallContext>,
+    previous: Option<CallContext>,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        *self.slot = CURRENT.with(|c| c.replace(previous));
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let previous = CURRENT.with(|c| c.replace(this.ctx.take()));
+        let _back = PutBack {
+            slot: this.ctx,
+            previous,
+        };
+        this.fut.poll(cx)
     }
 }
 

@@ -37,9 +37,9 @@ mod status;
 pub use auth::{AccessKey, AccessKeys, Auth, Authenticator, BearerToken, BearerTokens, Principal};
 pub use balance::{Breaker, Circuit};
 pub use client::{
-    layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, Call, CallOptions, Channel, ClientLayer,
-    DynInvoke, Identity, Invoke, LayerFn, Request, Response, RpcClient, RpcClientBuilder,
-    RpcClientConfig, Stack,
+    layer_fn, BoxCallFuture, BoxInvoke, BoxLayer, Call, CallConfig, CallOptions, Channel,
+    ClientLayer, DynInvoke, Identity, Invoke, LayerFn, Request, Response, RpcClient,
+    RpcClientBuilder, RpcClientConfig, Stack,
 };
 #[cfg(feature = "tower")]
 pub use client::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
@@ -48,7 +48,7 @@ pub use cluster::{
     DEFAULT_FAILBACK_QUEUE,
 };
 pub use codec::{Codec, Json, Message, Proto, Serde};
-pub use context::{current_deadline, CallContext, Extensions};
+pub use context::{current_deadline, CallContext, Extensions, Scoped};
 pub use frame::{Limits, Metadata};
 pub use instance::{
     Instance, InstanceList, InstanceSource, Snapshot, StaticInstances, DEFAULT_WEIGHT,

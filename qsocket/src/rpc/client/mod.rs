@@ -519,6 +519,14 @@ impl<'a, I: Invoke> Call<'a, I> {
         self
     }
 
+    /// The policy the method declares (what generated clients pass from a method's
+    /// attributes): a [`Cluster`](crate::rpc::Cluster) layer's own settings for the service or
+    /// method override it, and so does [`policy`](Self::policy).
+    pub fn method_policy(mut self, policy: Policy) -> Self {
+        self.options.method_policy = Some(policy);
+        self
+    }
+
     /// The codec of this call for these message types.
     fn pick_codec<Req: Message, Resp: Message>(&self) -> Result<Codec, Status> {
         if let Some(c) = self.codec {
@@ -626,6 +634,107 @@ impl<'a, I: Invoke> Call<'a, I> {
             let req = prepared_request(&mut prepared)?;
             client.invoke.invoke(req).await.map(|_| ())
         }
+    }
+}
+
+/// Settings for every call of a generated client, over the defaults its methods declare: a
+/// deadline or timeout, a codec, metadata, a cluster policy, a hash key (see the generated
+/// client's `with`).
+///
+/// ```
+/// use qsocket::rpc::{CallConfig, Codec, Policy};
+/// use std::time::Duration;
+/// let cfg = CallConfig::new()
+///     .timeout(Duration::from_millis(200))
+///     .codec(Codec::Json)
+///     .metadata("trace-id", "abc")
+///     .policy(Policy::failover(1));
+/// # let _ = cfg;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CallConfig {
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    codec: Option<Codec>,
+    metadata: Vec<(String, Vec<u8>)>,
+    policy: Option<Policy>,
+    hash_key: Option<Vec<u8>>,
+    wait_for_connection: bool,
+}
+
+impl CallConfig {
+    /// No settings: each method's own.
+    pub fn new() -> Self {
+        CallConfig::default()
+    }
+
+    /// Each call is bounded by `timeout` from when it starts (over a method's `timeout_ms`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Every call is bounded by this deadline.
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The body codec of the calls (the message types must speak it).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = Some(codec);
+        self
+    }
+
+    /// A metadata entry sent with every call.
+    pub fn metadata(mut self, key: &str, value: impl AsRef<[u8]>) -> Self {
+        self.metadata
+            .push((key.to_string(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// The cluster policy of the calls (over a method's `strategy` attributes).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// A key for balancers that keep a key on one instance.
+    pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.hash_key = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// With no live connection, calls wait for one up to their deadline.
+    pub fn wait_for_connection(mut self) -> Self {
+        self.wait_for_connection = true;
+        self
+    }
+
+    /// `call` with these settings applied (over what it had).
+    pub fn apply<'a, I: Invoke>(&self, mut call: Call<'a, I>) -> Call<'a, I> {
+        if let Some(t) = self.timeout {
+            call = call.timeout(t);
+        }
+        if let Some(d) = self.deadline {
+            call = call.deadline(d);
+        }
+        if let Some(c) = self.codec {
+            call = call.codec(c);
+        }
+        for (k, v) in &self.metadata {
+            call = call.metadata(k, v);
+        }
+        if let Some(p) = self.policy {
+            call = call.policy(p);
+        }
+        if let Some(k) = &self.hash_key {
+            call = call.hash_key(k);
+        }
+        if self.wait_for_connection {
+            call = call.wait_for_connection();
+        }
+        call
     }
 }
 

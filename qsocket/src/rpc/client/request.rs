@@ -45,6 +45,9 @@ pub struct Request<'a> {
     /// Attempts of one call sent at once to distinct instances (forking, hedging): each
     /// attempt's pick avoids the instances the others took.
     pub(crate) spread: Option<Arc<Spread>>,
+    /// A [`Cluster`](crate::rpc::Cluster) layer has taken charge of this call: strategy
+    /// layers below it pass it through (so retries never multiply).
+    pub(crate) clustered: bool,
     /// The clock reading the typed front took (saves the transport reading it again on a
     /// first attempt).
     pub(crate) now: Option<Instant>,
@@ -74,6 +77,7 @@ impl<'a> Request<'a> {
             retries: 0,
             hedges: 0,
             spread: None,
+            clustered: false,
             now: None,
         }
     }
@@ -96,6 +100,7 @@ impl<'a> Request<'a> {
             retries: 0,
             hedges: 0,
             spread: self.spread.clone(),
+            clustered: self.clustered,
             now: None,
         }
     }
@@ -122,6 +127,10 @@ pub struct CallOptions {
     /// The cluster policy of this call, over the one a [`Cluster`](crate::rpc::Cluster)
     /// layer would give it.
     pub policy: Option<Policy>,
+    /// The policy the method declares (a `#[qsocket(strategy = …)]` attribute, or an IDL
+    /// option): a [`Cluster`](crate::rpc::Cluster) layer's own settings for the service or
+    /// method override it; it overrides the layer's default.
+    pub method_policy: Option<Policy>,
 }
 
 /// The answer to a call, before its typed front decodes it.

@@ -17,7 +17,7 @@ pub use budget::RetryBudget;
 pub use policy::{HedgeDelay, Policy, Strategy};
 
 use super::balance::Node;
-use super::client::{ClientLayer, Invoke, Request, Response, Spread};
+use super::client::{CallOptions, ClientLayer, Invoke, Request, Response, Spread};
 use super::codec::Codec;
 use super::metadata::MetadataMap;
 use super::status::{Code, Sent, Status};
@@ -41,22 +41,26 @@ struct Policies {
 }
 
 impl Policies {
+    /// The policy of a call: its own, else the layer's setting for the method, else for the
+    /// service, else what the method declares, else the layer's default.
     #[inline]
-    fn of(&self, service: &str, method: &str) -> Policy {
-        if self.methods.is_empty() && self.services.is_empty() {
-            return self.default;
+    fn of(&self, service: &str, method: &str, options: &CallOptions) -> Policy {
+        if let Some(p) = options.policy {
+            return p;
         }
-        if let Some((_, _, p)) = self
-            .methods
-            .iter()
-            .find(|(s, m, _)| s == service && m == method)
-        {
+        if !self.methods.is_empty() {
+            if let Some((_, _, p)) = self
+                .methods
+                .iter()
+                .find(|(s, m, _)| s == service && m == method)
+            {
+                return *p;
+            }
+        }
+        if let Some((_, p)) = self.services.iter().find(|(s, _)| s == service) {
             return *p;
         }
-        self.services
-            .iter()
-            .find(|(s, _)| s == service)
-            .map_or(self.default, |(_, p)| *p)
+        options.method_policy.unwrap_or(self.default)
     }
 }
 
@@ -181,6 +185,10 @@ impl State {
 ///
 /// Clones share their counters and retry budget (the counters of a layer put on several
 /// clients add up).
+///
+/// When a client has more than one cluster layer, the outermost one is in charge of a call
+/// and the ones below pass it through, so retries never multiply. A generated client is that
+/// outermost layer: give it the `Cluster` to use (`GreeterClient::with_cluster`).
 #[derive(Clone)]
 pub struct Cluster {
     policies: Arc<Policies>,
@@ -196,6 +204,13 @@ impl std::fmt::Debug for Cluster {
             .field("methods", &self.policies.methods)
             .field("counters", &self.counters())
             .finish()
+    }
+}
+
+/// Failfast by default, until overridden per service, method or call.
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::new(Policy::failfast())
     }
 }
 
@@ -248,9 +263,10 @@ impl Cluster {
         self
     }
 
-    /// The policy a call to `service`/`method` gets when it carries none of its own.
+    /// The policy a call to `service`/`method` gets when it carries none of its own (and
+    /// the method declares none).
     pub fn policy_of(&self, service: &str, method: &str) -> Policy {
-        self.policies.of(service, method)
+        self.policies.of(service, method, &CallOptions::default())
     }
 
     /// What the layer counted so far.
@@ -520,10 +536,13 @@ impl<I: Invoke> ClusterInvoke<I> {
 
 impl<I: Invoke> Invoke for ClusterInvoke<I> {
     async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
-        let mut p = match req.options.policy {
-            Some(p) => p,
-            None => self.policies.of(req.service, req.method),
-        };
+        if req.clustered {
+            // A cluster layer above this one is in charge: one try here, or retries would
+            // multiply.
+            return Box::pin(self.inner.invoke(req)).await;
+        }
+        req.clustered = true;
+        let mut p = self.policies.of(req.service, req.method, &req.options);
         self.state.budget.deposit();
         match p.strategy {
             // One inline path for the common strategies (failfast is a failover without

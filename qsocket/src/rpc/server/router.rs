@@ -170,6 +170,10 @@ impl Method {
 pub trait NamedService {
     /// The service's full name, e.g. `"greeter.Greeter"`.
     const NAME: &'static str;
+    /// Its version (`""`: none given).
+    const VERSION: &'static str = "";
+    /// Its group (`""`: none given).
+    const GROUP: &'static str = "";
 }
 
 /// The services a server offers, by name.
@@ -194,11 +198,13 @@ impl Router {
         Router::default()
     }
 
-    /// Adds a service. A name already added — or a method added twice to one service — is a
+    /// Adds a service: a [`Service`] built by hand, or a generated server
+    /// (`GreeterServer::new(impl)`). A name already added — or a method added twice to one service — is a
     /// mistake: [`RpcServerBuilder::start`](super::RpcServerBuilder::start) refuses it with
     /// [`Error::Config`] naming it (see also [`check`](Self::check)); nothing is silently
     /// replaced.
-    pub fn add_service(mut self, service: Service) -> Self {
+    pub fn add_service(mut self, service: impl Into<Service>) -> Self {
+        let service = service.into();
         let name = service.name.clone();
         match self.services.entry(name.as_bytes().into()) {
             std::collections::hash_map::Entry::Occupied(_) => self.duplicates.push(name),

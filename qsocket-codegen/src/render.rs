@@ -1,0 +1,885 @@
+//! Renders a [`Service`] into Rust: the server trait, the client trait, the client, the server
+//! dispatcher and a module of names and argument messages. The generated code only packs
+//! arguments and names methods; what a call does is the runtime's.
+
+use crate::{Method, Output, Policy, Service};
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Ident, Type};
+
+/// How a service's messages travel.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Plain Rust (serde) types: a method's arguments are packed into one generated struct,
+    /// carried as MessagePack (or JSON).
+    Serde,
+    /// Message types (`codec = "protobuf"`): a method takes one message (or none) and
+    /// returns one, each carried as it is.
+    Message,
+}
+
+/// The Rust items `svc` generates: the server trait (`Greeter`), a client trait
+/// (`GreeterApi`), a client (`GreeterClient`), a server (`GreeterServer`) and a module
+/// (`greeter`) of names and argument types. `krate` is the path of the `qsocket` crate.
+pub fn render(svc: &Service, krate: &TokenStream) -> syn::Result<TokenStream> {
+    let mode = if svc.codec.as_deref() == Some("protobuf") {
+        Mode::Message
+    } else {
+        Mode::Serde
+    };
+    for m in &svc.methods {
+        check_method(m, mode)?;
+    }
+    let r = Render { svc, krate, mode };
+    let server_trait = r.server_trait();
+    let names = r.names_module();
+    let api = r.api_trait();
+    let client = r.client();
+    let server = r.server();
+    Ok(quote! {
+        #server_trait
+        #names
+        #api
+        #client
+        #server
+    })
+}
+
+/// What a method's shape allows in `mode`.
+fn check_method(m: &Method, mode: Mode) -> syn::Result<()> {
+    if mode == Mode::Message {
+        if m.args.len() > 1 {
+            return Err(syn::Error::new(
+                m.args[1].0.span(),
+                "a protobuf method takes one message (or none): put the fields in one message \
+                 type, or use the default MessagePack codec",
+            ));
+        }
+        if let Output::Result(r) = &m.output {
+            if !is_status(&r.1) {
+                return Err(syn::Error::new(
+                    r.1.span(),
+                    "a protobuf method's error is `qsocket::Status`: user error types travel \
+                     with the MessagePack or JSON codec",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ty` names `Status` (`qsocket::Status`, `qsocket::rpc::Status`, or imported).
+fn is_status(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Status" && s.arguments.is_empty()),
+        _ => false,
+    }
+}
+
+/// `helloWorld` or `hello_world` → `HelloWorld`.
+fn camel(ident: &Ident) -> String {
+    let s = ident.to_string();
+    let s = s.strip_prefix("r#").unwrap_or(&s);
+    let mut out = String::new();
+    let mut up = true;
+    for c in s.chars() {
+        if c == '_' {
+            up = true;
+        } else if up {
+            out.extend(c.to_uppercase());
+            up = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `Greeter` → `greeter`, `KeyValue` → `key_value`.
+fn snake(ident: &Ident) -> String {
+    let s = ident.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn doc_attrs(docs: &[String]) -> TokenStream {
+    quote! { #( #[doc = #docs] )* }
+}
+
+struct Render<'a> {
+    svc: &'a Service,
+    krate: &'a TokenStream,
+    mode: Mode,
+}
+
+impl Render<'_> {
+    fn module(&self) -> Ident {
+        format_ident!("{}", snake(&self.svc.ident))
+    }
+
+    fn method_const(m: &Method) -> Ident {
+        format_ident!(
+            "{}",
+            snake(&format_ident!("{}", camel(&m.ident))).to_uppercase()
+        )
+    }
+
+    fn policy_const(m: &Method) -> Ident {
+        format_ident!("{}_POLICY", Self::method_const(m))
+    }
+
+    fn args_struct(m: &Method) -> Ident {
+        format_ident!("{}Args", camel(&m.ident))
+    }
+
+    /// The trait's type parameters as arguments (`<V>`), or nothing.
+    fn type_args(&self) -> TokenStream {
+        let ps: Vec<&Ident> = self.svc.generics.type_params().map(|t| &t.ident).collect();
+        if ps.is_empty() {
+            quote!()
+        } else {
+            quote!(<#(#ps),*>)
+        }
+    }
+
+    fn type_params(&self) -> Vec<&Ident> {
+        self.svc.generics.type_params().map(|t| &t.ident).collect()
+    }
+
+    /// What a type needs to travel in this service's mode.
+    fn travels(&self) -> TokenStream {
+        let k = self.krate;
+        match self.mode {
+            Mode::Serde => quote!(#k::__private::Travels),
+            Mode::Message => quote!(#k::__private::TravelsAsMessage),
+        }
+    }
+
+    /// What every type parameter needs to travel.
+    fn travel_bounds(&self) -> Vec<TokenStream> {
+        let bound = self.travels();
+        self.type_params()
+            .into_iter()
+            .map(|p| quote!(#p: #bound))
+            .collect()
+    }
+
+    /// The trait's own where-predicates.
+    fn where_preds(&self) -> Vec<TokenStream> {
+        self.svc
+            .generics
+            .where_clause
+            .as_ref()
+            .map(|w| w.predicates.iter().map(|p| quote!(#p)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The trait's type parameters with their declared bounds (`V: Clone`).
+    fn declared_params(&self) -> Vec<TokenStream> {
+        self.svc
+            .generics
+            .type_params()
+            .map(|t| {
+                let id = &t.ident;
+                let b = &t.bounds;
+                if b.is_empty() {
+                    quote!(#id)
+                } else {
+                    quote!(#id: #b)
+                }
+            })
+            .collect()
+    }
+
+    /// The type a method's future resolves to on the server (as the trait declares it).
+    fn server_output(m: &Method) -> TokenStream {
+        match &m.output {
+            Output::Unit => quote!(()),
+            Output::Value(t) => quote!(#t),
+            Output::Result(r) => {
+                let (t, e) = (&r.0, &r.1);
+                quote!(::core::result::Result<#t, #e>)
+            }
+        }
+    }
+
+    /// What a client call resolves to: the server's output, under a `Status` for what the
+    /// call itself may meet.
+    fn client_output(&self, m: &Method) -> TokenStream {
+        let k = self.krate;
+        let st = quote!(#k::rpc::Status);
+        match &m.output {
+            Output::Unit => quote!(::core::result::Result<(), #st>),
+            Output::Value(t) => quote!(::core::result::Result<#t, #st>),
+            Output::Result(r) if is_status(&r.1) => {
+                let t = &r.0;
+                quote!(::core::result::Result<#t, #st>)
+            }
+            Output::Result(r) => {
+                let (t, e) = (&r.0, &r.1);
+                quote!(::core::result::Result<::core::result::Result<#t, #e>, #st>)
+            }
+        }
+    }
+
+    fn arg_list(m: &Method) -> Vec<TokenStream> {
+        m.args.iter().map(|(id, ty)| quote!(#id: #ty)).collect()
+    }
+
+    fn server_trait(&self) -> TokenStream {
+        let svc = self.svc;
+        let (vis, ident) = (&svc.vis, &svc.ident);
+        let docs = doc_attrs(&svc.docs);
+        let params = self.declared_params();
+        let params = if params.is_empty() {
+            quote!()
+        } else {
+            quote!(<#(#params),*>)
+        };
+        let supers = &svc.supertraits;
+        let plus = if supers.is_empty() {
+            quote!()
+        } else {
+            quote!(+ #supers)
+        };
+        let wheres = self.where_preds();
+        let methods = svc.methods.iter().map(|m| {
+            let docs = doc_attrs(&m.docs);
+            let id = &m.ident;
+            let args = Self::arg_list(m);
+            let out = Self::server_output(m);
+            quote! {
+                #docs
+                fn #id(&self, #(#args),*)
+                    -> impl ::core::future::Future<Output = #out> + ::core::marker::Send;
+            }
+        });
+        quote! {
+            #docs
+            #vis trait #ident #params: ::core::marker::Send + ::core::marker::Sync + 'static #plus
+            where #(#wheres,)*
+            {
+                #(#methods)*
+            }
+        }
+    }
+
+    /// `mod greeter`: the service's and methods' names, the methods' policies and the
+    /// argument messages.
+    fn names_module(&self) -> TokenStream {
+        let k = self.krate;
+        let svc = self.svc;
+        let module = self.module();
+        let vis = &svc.vis;
+        let ident = &svc.ident;
+        let ident_str = ident.to_string();
+        let version = svc.version.clone().unwrap_or_default();
+        let group = svc.group.clone().unwrap_or_default();
+        let service_const = if svc.name_from_path {
+            quote! {
+                const __LEN: usize = #k::__private::dotted_len(::core::module_path!(), #ident_str);
+                const __NAME: [u8; __LEN] =
+                    #k::__private::dotted::<__LEN>(::core::module_path!(), #ident_str);
+                /// The service's name on the wire.
+                pub const SERVICE: &str = match ::core::str::from_utf8(&__NAME) {
+                    ::core::result::Result::Ok(s) => s,
+                    ::core::result::Result::Err(_) => ::core::panic!("service name"),
+                };
+            }
+        } else {
+            let name = &svc.name;
+            quote! {
+                /// The service's name on the wire.
+                pub const SERVICE: &str = #name;
+            }
+        };
+        let methods = svc.methods.iter().map(|m| {
+            let c = Self::method_const(m);
+            let pc = Self::policy_const(m);
+            let name = &m.name;
+            let doc = format!("The name of `{}` on the wire.", m.ident);
+            let pdoc = format!("The policy `{}` declares, if any.", m.ident);
+            let policy = self.policy_expr(&m.policy);
+            let args = self.args_item(m);
+            quote! {
+                #[doc = #doc]
+                pub const #c: &str = #name;
+                #[doc = #pdoc]
+                pub const #pc: ::core::option::Option<#k::rpc::Policy> = #policy;
+                #args
+            }
+        });
+        let doc = format!(
+            "Names, policies and argument messages of the [`{ident_str}`](super::{ident_str}) service."
+        );
+        quote! {
+            #[doc = #doc]
+            #[allow(dead_code)]
+            #vis mod #module {
+                #[allow(unused_imports)]
+                use super::*;
+                #service_const
+                /// The service's version (`""`: none given).
+                pub const VERSION: &str = #version;
+                /// The service's group (`""`: none given).
+                pub const GROUP: &str = #group;
+                #(#methods)*
+            }
+        }
+    }
+
+    /// `Some(Policy::…)` for a method's attributes, or `None`.
+    fn policy_expr(&self, p: &Policy) -> TokenStream {
+        let k = self.krate;
+        let Some(strategy) = p.strategy.as_deref() else {
+            return quote!(::core::option::Option::None);
+        };
+        let r = |d: u32| p.retries.unwrap_or(d);
+        let base = match strategy {
+            "failover" => {
+                let n = r(2);
+                quote!(#k::rpc::Policy::failover(#n))
+            }
+            "failtry" => {
+                let n = r(2);
+                quote!(#k::rpc::Policy::failtry(#n))
+            }
+            "failsafe" => quote!(#k::rpc::Policy::failsafe()),
+            "failback" => {
+                let n = r(3);
+                quote!(#k::rpc::Policy::failback(#n))
+            }
+            "forking" => {
+                let n = p.forks.unwrap_or(2);
+                quote!(#k::rpc::Policy::forking(#n))
+            }
+            "hedging" => {
+                let delay = match p.hedge_ms {
+                    Some(ms) => quote!(#k::rpc::HedgeDelay::Fixed(
+                        ::core::time::Duration::from_millis(#ms)
+                    )),
+                    None => quote!(#k::rpc::HedgeDelay::P95 {
+                        floor: ::core::time::Duration::from_millis(10)
+                    }),
+                };
+                let n = r(1);
+                quote!(#k::rpc::Policy::hedging(#delay).retries(#n))
+            }
+            _ => quote!(#k::rpc::Policy::failfast()),
+        };
+        let idem = if p.idempotent {
+            quote!(.idempotent())
+        } else {
+            quote!()
+        };
+        quote!(::core::option::Option::Some(#base #idem))
+    }
+
+    /// The struct a serde method's arguments travel in (a map keyed by argument name).
+    fn args_item(&self, m: &Method) -> TokenStream {
+        if self.mode != Mode::Serde {
+            return quote!();
+        }
+        let k = self.krate;
+        let name = Self::args_struct(m);
+        let serde_path = format!("{}::__private::serde", k.to_string().replace(' ', ""));
+        let params = self.type_params();
+        let fields = m.args.iter().map(|(id, ty)| quote!(pub #id: #ty));
+        let doc = format!("The arguments of `{}`, as they travel.", m.ident);
+        if params.is_empty() {
+            quote! {
+                #[doc = #doc]
+                #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
+                #[serde(crate = #serde_path)]
+                pub struct #name {
+                    #(#fields,)*
+                }
+            }
+        } else {
+            let ser: Vec<String> = params
+                .iter()
+                .map(|p| format!("{p}: {serde_path}::Serialize"))
+                .collect();
+            let de: Vec<String> = params
+                .iter()
+                .map(|p| format!("{p}: {serde_path}::de::DeserializeOwned"))
+                .collect();
+            let (ser, de) = (ser.join(", "), de.join(", "));
+            quote! {
+                #[doc = #doc]
+                #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
+                #[serde(crate = #serde_path, bound(serialize = #ser, deserialize = #de))]
+                pub struct #name<#(#params),*> {
+                    #(#fields,)*
+                    #[serde(skip)]
+                    #[doc(hidden)]
+                    pub __types: ::core::marker::PhantomData<fn() -> (#(#params,)*)>,
+                }
+            }
+        }
+    }
+
+    /// Compile-time checks that each argument and result type can travel, each at its type's
+    /// token, saying what to do when it cannot.
+    fn type_checks(&self) -> TokenStream {
+        let bound = self.travels();
+        let mut checks = Vec::new();
+        for m in &self.svc.methods {
+            let mut tys: Vec<&Type> = m.args.iter().map(|(_, t)| t).collect();
+            match &m.output {
+                Output::Unit => {}
+                Output::Value(t) => tys.push(t),
+                Output::Result(r) => {
+                    tys.push(&r.0);
+                    if !is_status(&r.1) {
+                        tys.push(&r.1);
+                    }
+                }
+            }
+            for t in tys {
+                checks.push(quote_spanned! {t.span()=> __travels::<#t>();});
+            }
+        }
+        let params = self.declared_params();
+        let travel = self.travel_bounds();
+        let wheres = self.where_preds();
+        quote! {
+            #[allow(dead_code, clippy::extra_unused_type_parameters)]
+            fn __check_types<#(#params),*>() where #(#travel,)* #(#wheres,)* {
+                fn __travels<T: #bound>() {}
+                #(#checks)*
+            }
+        }
+    }
+
+    fn api_ident(&self) -> Ident {
+        format_ident!("{}Api", self.svc.ident)
+    }
+
+    fn client_ident(&self) -> Ident {
+        format_ident!("{}Client", self.svc.ident)
+    }
+
+    fn server_ident(&self) -> Ident {
+        format_ident!("{}Server", self.svc.ident)
+    }
+
+    /// The client trait: what a caller of the service sees, implemented by the generated client
+    /// and by users' mocks.
+    fn api_trait(&self) -> TokenStream {
+        let svc = self.svc;
+        let vis = &svc.vis;
+        let api = self.api_ident();
+        let ident = &svc.ident;
+        let params = self.declared_params();
+        let params = if params.is_empty() {
+            quote!()
+        } else {
+            quote!(<#(#params),*>)
+        };
+        let wheres = self.where_preds();
+        let methods = svc.methods.iter().map(|m| {
+            let docs = doc_attrs(&m.docs);
+            let id = &m.ident;
+            let args = Self::arg_list(m);
+            let out = self.client_output(m);
+            quote! {
+                #docs
+                fn #id(&self, #(#args),*)
+                    -> impl ::core::future::Future<Output = #out> + ::core::marker::Send;
+            }
+        });
+        let client = self.client_ident();
+        let doc = format!(
+            "What a caller of [`{ident}`] sees: each method's result, or the `Status` the call \
+             met. [`{client}`] calls over the network; implement it on a mock to test code that \
+             calls the service without one."
+        );
+        quote! {
+            #[doc = #doc]
+            #vis trait #api #params: ::core::marker::Send + ::core::marker::Sync
+            where #(#wheres,)*
+            {
+                #(#methods)*
+            }
+        }
+    }
+
+    fn client(&self) -> TokenStream {
+        let k = self.krate;
+        let svc = self.svc;
+        let vis = &svc.vis;
+        let ident = &svc.ident;
+        let client = self.client_ident();
+        let api = self.api_ident();
+        let module = self.module();
+        let params = self.type_params();
+        let targs = self.type_args();
+        let travel = self.travel_bounds();
+        let wheres = self.where_preds();
+        let decl = self.declared_params();
+        let phantom_ty = quote!(::core::marker::PhantomData<fn() -> (#(#params,)*)>);
+        let inner_ty = quote!(#k::rpc::RpcClient<#k::rpc::ClusterInvoke<::std::sync::Arc<I>>>);
+        let codec = match svc.codec.as_deref() {
+            Some("json") => quote!(.codec(#k::rpc::Codec::Json)),
+            Some("msgpack") => quote!(.codec(#k::rpc::Codec::MsgPack)),
+            Some("protobuf") => quote!(.codec(#k::rpc::Codec::Protobuf)),
+            _ => quote!(),
+        };
+        let methods = svc.methods.iter().map(|m| {
+            let id = &m.ident;
+            let args = Self::arg_list(m);
+            let out = self.client_output(m);
+            let mc = Self::method_const(m);
+            let pc = Self::policy_const(m);
+            let timeout = match m.policy.timeout_ms {
+                Some(ms) => quote!(.timeout(::core::time::Duration::from_millis(#ms))),
+                None => quote!(),
+            };
+            let idem = if m.policy.idempotent {
+                quote!(.idempotent())
+            } else {
+                quote!()
+            };
+            let policy = if m.policy.strategy.is_some() {
+                quote! {
+                    let call = match #module::#pc {
+                        ::core::option::Option::Some(p) => call.method_policy(p),
+                        ::core::option::Option::None => call,
+                    };
+                }
+            } else {
+                quote!()
+            };
+            let (req_ty, req_val) = self.request_of(m);
+            let send = match (&m.output, self.mode) {
+                _ if m.policy.oneway => quote! {
+                    let fut = call.oneway::<#req_ty>(&#req_val);
+                    async move { fut.await }
+                },
+                (Output::Unit, Mode::Serde) => quote! {
+                    let fut = call.call::<#req_ty, #k::rpc::Serde<()>>(&#req_val);
+                    async move { fut.await.map(|_| ()) }
+                },
+                (Output::Unit, Mode::Message) => quote! {
+                    let fut = call.call::<#req_ty, ()>(&#req_val);
+                    async move { fut.await }
+                },
+                (Output::Value(t), Mode::Serde) => quote! {
+                    let fut = call.call::<#req_ty, #k::rpc::Serde<#t>>(&#req_val);
+                    async move { fut.await.map(|r| r.0) }
+                },
+                (Output::Result(r), Mode::Serde) if is_status(&r.1) => {
+                    let t = &r.0;
+                    quote! {
+                        let fut = call.call::<#req_ty, #k::rpc::Serde<#t>>(&#req_val);
+                        async move { fut.await.map(|r| r.0) }
+                    }
+                }
+                (Output::Result(r), Mode::Serde) => {
+                    let (t, e) = (&r.0, &r.1);
+                    quote! {
+                        let fut = call.call::<#req_ty, #k::rpc::Serde<::core::result::Result<#t, #e>>>(&#req_val);
+                        async move { fut.await.map(|r| r.0) }
+                    }
+                }
+                (Output::Value(t), Mode::Message) => quote! {
+                    let fut = call.call::<#req_ty, #t>(&#req_val);
+                    async move { fut.await }
+                },
+                (Output::Result(r), Mode::Message) => {
+                    let t = &r.0;
+                    quote! {
+                        let fut = call.call::<#req_ty, #t>(&#req_val);
+                        async move { fut.await }
+                    }
+                }
+            };
+            quote! {
+                fn #id(&self, #(#args),*)
+                    -> impl ::core::future::Future<Output = #out> + ::core::marker::Send
+                {
+                    let call = self.rpc.request(#module::SERVICE, #module::#mc) #codec #timeout #idem;
+                    #policy
+                    let call = match &self.config {
+                        ::core::option::Option::Some(c) => c.apply(call),
+                        ::core::option::Option::None => call,
+                    };
+                    #send
+                }
+            }
+        });
+        let doc = format!(
+            "A typed client of [`{ident}`]: each method of [`{api}`] is one call through the \
+             RPC client's layers, with the method's declared policy (its `strategy`, \
+             `retries`, `timeout_ms`, `idempotent` attributes) applied by a \
+             [`Cluster`]({k}::rpc::Cluster) layer the client puts outermost.",
+            k = "qsocket"
+        );
+        let impl_params = quote!(#(#decl,)* I);
+        let impl_where = quote!(where I: #k::rpc::Invoke, #(#travel,)* #(#wheres,)*);
+        let client_generics = if params.is_empty() {
+            quote!(<I = #k::rpc::Channel>)
+        } else {
+            quote!(<#(#params,)* I = #k::rpc::Channel>)
+        };
+        let client_args = quote!(<#(#params,)* I>);
+        let connect = if params.is_empty() {
+            quote! {
+                impl #client {
+                    /// A client of one endpoint URL (`tcp://…`, `udp://…`, `ws://…`) with the
+                    /// default settings.
+                    pub async fn connect(url: &str) -> ::core::result::Result<Self, #k::Error> {
+                        ::core::result::Result::Ok(Self::new(#k::rpc::RpcClient::connect(url).await?))
+                    }
+                }
+            }
+        } else {
+            quote!()
+        };
+        quote! {
+            #[doc = #doc]
+            #vis struct #client #client_generics {
+                rpc: #inner_ty,
+                cluster: #k::rpc::Cluster,
+                config: ::core::option::Option<::std::sync::Arc<#k::rpc::CallConfig>>,
+                __types: #phantom_ty,
+            }
+
+            impl<#(#params,)* I> ::core::clone::Clone for #client #client_args {
+                fn clone(&self) -> Self {
+                    #client {
+                        rpc: self.rpc.clone(),
+                        cluster: self.cluster.clone(),
+                        config: self.config.clone(),
+                        __types: ::core::marker::PhantomData,
+                    }
+                }
+            }
+
+            impl<#(#params,)* I> ::core::fmt::Debug for #client #client_args {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.debug_struct(::core::stringify!(#client))
+                        .field("service", &#module::SERVICE)
+                        .field("rpc", &self.rpc)
+                        .finish()
+                }
+            }
+
+            #connect
+
+            impl<#impl_params> #client #client_args #impl_where {
+                /// A client calling over `rpc` (its connections and layers), with a
+                /// failfast-by-default [`Cluster`](#k::rpc::Cluster) layer outermost that
+                /// applies the methods' declared policies.
+                pub fn new(rpc: #k::rpc::RpcClient<I>) -> Self {
+                    Self::with_cluster(rpc, #k::rpc::Cluster::default())
+                }
+
+                /// A client calling over `rpc` with `cluster` outermost: its settings per
+                /// service and method override the methods' declared policies, and its
+                /// counters and retry budget are shared with its clones.
+                pub fn with_cluster(rpc: #k::rpc::RpcClient<I>, cluster: #k::rpc::Cluster) -> Self {
+                    #client {
+                        rpc: rpc.layer(cluster.clone()),
+                        cluster,
+                        config: ::core::option::Option::None,
+                        __types: ::core::marker::PhantomData,
+                    }
+                }
+
+                /// This client with `config` applied to each call (over the methods' own
+                /// timeout, codec and policy). The connections are shared.
+                pub fn with(&self, config: #k::rpc::CallConfig) -> Self {
+                    let mut c = self.clone();
+                    c.config = ::core::option::Option::Some(::std::sync::Arc::new(config));
+                    c
+                }
+
+                /// The cluster layer in charge of this client's calls (its counters).
+                pub fn cluster(&self) -> &#k::rpc::Cluster {
+                    &self.cluster
+                }
+
+                /// The RPC client underneath (for untyped calls, `ready`, `close`).
+                pub fn rpc(&self) -> &#inner_ty {
+                    &self.rpc
+                }
+            }
+
+            impl<#impl_params> #api #targs for #client #client_args #impl_where {
+                #(#methods)*
+            }
+        }
+    }
+
+    /// The request type of a method and the expression that builds it from the arguments.
+    fn request_of(&self, m: &Method) -> (TokenStream, TokenStream) {
+        let k = self.krate;
+        let module = self.module();
+        match self.mode {
+            Mode::Serde => {
+                let name = Self::args_struct(m);
+                let targs = self.type_args();
+                let fields = m.args.iter().map(|(id, _)| quote!(#id));
+                let phantom = if self.type_params().is_empty() {
+                    quote!()
+                } else {
+                    quote!(__types: ::core::marker::PhantomData,)
+                };
+                (
+                    quote!(#k::rpc::Serde<#module::#name #targs>),
+                    quote!(#k::rpc::Serde(#module::#name { #(#fields,)* #phantom })),
+                )
+            }
+            Mode::Message => match m.args.first() {
+                Some((id, ty)) => (quote!(#ty), quote!(#id)),
+                None => (quote!(()), quote!(())),
+            },
+        }
+    }
+
+    fn server(&self) -> TokenStream {
+        let k = self.krate;
+        let svc = self.svc;
+        let vis = &svc.vis;
+        let ident = &svc.ident;
+        let server = self.server_ident();
+        let module = self.module();
+        let params = self.type_params();
+        let targs = self.type_args();
+        let travel = self.travel_bounds();
+        let wheres = self.where_preds();
+        let decl = self.declared_params();
+        let phantom_ty = quote!(::core::marker::PhantomData<fn() -> (#(#params,)*)>);
+        let regs = svc.methods.iter().map(|m| {
+            let id = &m.ident;
+            let mc = Self::method_const(m);
+            let (req_ty, _) = self.request_of(m);
+            let (unpack, call_args) = match self.mode {
+                Mode::Serde => {
+                    let name = Self::args_struct(m);
+                    let fields: Vec<&Ident> = m.args.iter().map(|(id, _)| id).collect();
+                    let rest = if params.is_empty() { quote!() } else { quote!(..) };
+                    (
+                        quote!(let #module::#name { #(#fields,)* #rest } = req.0;),
+                        quote!(#(#fields),*),
+                    )
+                }
+                Mode::Message => match m.args.first() {
+                    Some(_) => (quote!(), quote!(req)),
+                    None => (quote!(let () = req;), quote!()),
+                },
+            };
+            let answer = match (&m.output, self.mode) {
+                (Output::Unit, Mode::Serde) => {
+                    quote!({ s.#id(#call_args).await; ::core::result::Result::Ok(#k::rpc::Serde(())) })
+                }
+                (Output::Unit, Mode::Message) => {
+                    quote!({ s.#id(#call_args).await; ::core::result::Result::Ok(()) })
+                }
+                (Output::Value(_), Mode::Serde) => {
+                    quote!(::core::result::Result::Ok(#k::rpc::Serde(s.#id(#call_args).await)))
+                }
+                (Output::Value(_), Mode::Message) => {
+                    quote!(::core::result::Result::Ok(s.#id(#call_args).await))
+                }
+                (Output::Result(r), Mode::Serde) if is_status(&r.1) => {
+                    quote!(s.#id(#call_args).await.map(#k::rpc::Serde))
+                }
+                (Output::Result(_), Mode::Serde) => {
+                    quote!(::core::result::Result::Ok(#k::rpc::Serde(s.#id(#call_args).await)))
+                }
+                (Output::Result(_), Mode::Message) => quote!(s.#id(#call_args).await),
+            };
+            quote! {
+                .unary(#module::#mc, {
+                    let s = inner.clone();
+                    move |req: #req_ty, ctx: #k::rpc::CallContext| {
+                        let s = s.clone();
+                        ctx.scope(async move {
+                            #unpack
+                            #answer
+                        })
+                    }
+                })
+            }
+        });
+        let checks = self.type_checks();
+        let doc = format!(
+            "Serves an implementation of [`{ident}`]: add it to a \
+             [`Router`](qsocket::rpc::Router) (`Router::new().add_service({server}::new(impl))`). \
+             Each request's arguments are decoded, the method is called with its \
+             [`CallContext`](qsocket::rpc::CallContext) as the current one, and its result is \
+             encoded in the request's codec."
+        );
+        let impl_params = quote!(#(#decl,)* S);
+        let impl_where = quote!(where S: #ident #targs, #(#travel,)* #(#wheres,)*);
+        let server_args = quote!(<#(#params,)* S>);
+        quote! {
+            #[doc = #doc]
+            #vis struct #server #server_args {
+                inner: ::std::sync::Arc<S>,
+                __types: #phantom_ty,
+            }
+
+            impl<#(#params,)* S> ::core::clone::Clone for #server #server_args {
+                fn clone(&self) -> Self {
+                    #server { inner: self.inner.clone(), __types: ::core::marker::PhantomData }
+                }
+            }
+
+            impl<#impl_params> #server #server_args #impl_where {
+                /// Serves `service`.
+                pub fn new(service: S) -> Self {
+                    Self::from_arc(::std::sync::Arc::new(service))
+                }
+
+                /// Serves a shared `service`.
+                pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
+                    #server { inner: service, __types: ::core::marker::PhantomData }
+                }
+
+                /// The implementation served.
+                pub fn get_ref(&self) -> &S {
+                    &self.inner
+                }
+
+                /// The router service: one handler per method.
+                pub fn into_service(self) -> #k::rpc::Service {
+                    #checks
+                    let inner = self.inner;
+                    #k::rpc::Service::new(#module::SERVICE)
+                        #(#regs)*
+                }
+            }
+
+            impl<#impl_params> ::core::convert::From<#server #server_args> for #k::rpc::Service #impl_where {
+                fn from(server: #server #server_args) -> Self {
+                    server.into_service()
+                }
+            }
+
+            impl<#(#params,)* S> #k::rpc::NamedService for #server #server_args {
+                const NAME: &'static str = #module::SERVICE;
+                const VERSION: &'static str = #module::VERSION;
+                const GROUP: &'static str = #module::GROUP;
+            }
+        }
+    }
+}
