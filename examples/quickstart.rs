@@ -1,7 +1,8 @@
 //! qsocket in one page: an echo server on TCP, UDP and WebSocket at once, a client per
 //! transport that sends a few messages and a heartbeat from `on_cron`, session counters, and a
-//! graceful shutdown; then an RPC service called over the same three transports, in both codecs,
-//! with an error status and a deadline. Self-contained (everything on 127.0.0.1, ports picked by the system);
+//! graceful shutdown; then an RPC service declared as a trait (`#[qsocket::service]`) called
+//! over the same three transports, in MessagePack and JSON, with an error status, a user error,
+//! a oneway call and a deadline. Self-contained (everything on 127.0.0.1, ports picked by the system);
 //! finishes by itself in about a second.
 //!
 //! ```text
@@ -9,7 +10,7 @@
 //! ```
 
 use bytes::{Bytes, BytesMut};
-use qsocket::rpc::{CallContext, Codec, Router, RpcClient, RpcServer, Service, Status};
+use qsocket::rpc::{CallConfig, CallContext, Codec, Router, RpcServer, Status};
 use qsocket::session::{Client, Ctx, EventListener, Server, Session, Transport};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -190,77 +191,106 @@ async fn run() -> Result<(), Error> {
     Ok(())
 }
 
-/// The request of `demo.Greeter/Hello`: a prost message that also has serde, so it travels as
-/// protobuf or JSON.
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-struct HelloRequest {
-    #[prost(string, tag = "1")]
-    name: String,
+/// Why an addition failed: the service's own error type, which reaches the client as it was.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum AddError {
+    /// The sum does not fit in an `i64`.
+    Overflow,
 }
 
-/// The response of `demo.Greeter/Hello`.
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-struct HelloReply {
-    #[prost(string, tag = "1")]
-    message: String,
+/// The demo service, declared once as a trait: `#[qsocket::service]` generates the client
+/// (`GreeterClient`), a client trait for mocks (`GreeterApi`) and the server
+/// (`GreeterServer`). Arguments and results are plain Rust types, carried as MessagePack (or
+/// JSON, per call).
+#[qsocket::service(name = "demo.Greeter", version = "1.0")]
+pub trait Greeter {
+    /// Says hello; on failure, tried again on another instance (up to 2 more times).
+    #[qsocket(strategy = "failover", retries = 2, timeout_ms = 500, idempotent)]
+    async fn hello(&self, name: String) -> Result<String, qsocket::Status>;
+    /// Adds two numbers, or says why it cannot.
+    #[qsocket(strategy = "failfast")]
+    async fn add(&self, a: i64, b: i64) -> Result<i64, AddError>;
+    /// Logs a line; no answer is waited for.
+    #[qsocket(oneway)]
+    async fn log(&self, line: String);
+    /// Sleeps `ms` milliseconds, then returns them.
+    async fn sleep(&self, ms: u64) -> u64;
 }
 
-/// RPC: one service on three transports; calls in both codecs, an error, a deadline.
+/// The server's implementation: plain async methods. Each reads its call's context (peer,
+/// deadline, metadata) with `CallContext::current()`, without an argument for it.
+struct Greeting {
+    logged: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Greeter for Greeting {
+    async fn hello(&self, name: String) -> Result<String, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("name must not be empty"));
+        }
+        let peer = CallContext::current().map(|ctx| ctx.peer_addr().to_string());
+        Ok(format!(
+            "hello, {name} (from {})",
+            peer.as_deref().unwrap_or("?")
+        ))
+    }
+
+    async fn add(&self, a: i64, b: i64) -> Result<i64, AddError> {
+        a.checked_add(b).ok_or(AddError::Overflow)
+    }
+
+    async fn log(&self, line: String) {
+        let _ = self.logged.send(line);
+    }
+
+    async fn sleep(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+}
+
+/// RPC: one service on three transports; calls in both codecs, a status error, a user
+/// error, a oneway call and a deadline.
 async fn rpc_demo() -> Result<(), Error> {
-    let greeter = Service::new("demo.Greeter")
-        .unary("Hello", |req: HelloRequest, ctx: CallContext| async move {
-            if req.name.is_empty() {
-                return Err(Status::invalid_argument("name must not be empty"));
-            }
-            Ok(HelloReply {
-                message: format!("hello, {} (from {})", req.name, ctx.peer_addr()),
-            })
-        })
-        .unary("Sleep", |ms: u64, _ctx: CallContext| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, Status>(ms)
-        });
-    let server = RpcServer::builder(Router::new().add_service(greeter))
+    let (logged, mut lines) = mpsc::unbounded_channel();
+    let router = Router::new().add_service(GreeterServer::new(Greeting { logged }));
+    let server = RpcServer::builder(router)
         .bind("tcp://127.0.0.1:0")
         .bind("udp://127.0.0.1:0")
         .bind("ws://127.0.0.1:0/rpc")
         .start()
         .await?;
     for ep in server.local_endpoints() {
-        let client = RpcClient::builder()
-            .endpoint(&ep.to_string())
-            .timeout(WAIT)
-            .start()
+        let client = GreeterClient::connect(&ep.to_string()).await?;
+        let msgpack = client.hello("quickstart".into()).await?;
+        let json = client
+            .with(CallConfig::new().codec(Codec::Json))
+            .hello("json".into())
             .await?;
-        let req = HelloRequest {
-            name: "quickstart".into(),
-        };
-        let pb: HelloReply = client.call("demo.Greeter", "Hello", &req).await?;
-        let json: HelloReply = client
-            .request("demo.Greeter", "Hello")
-            .codec(Codec::Json)
-            .call(&req)
-            .await?;
-        println!(
-            "rpc {ep}: protobuf -> {:?}, json -> {:?}",
-            pb.message, json.message
-        );
+        println!("rpc {ep}: msgpack -> {msgpack:?}, json -> {json:?}");
         let err = client
-            .call::<_, HelloReply>("demo.Greeter", "Hello", &HelloRequest::default())
+            .hello(String::new())
             .await
             .err()
             .ok_or("an empty name must be refused")?;
+        let sum = client.add(40, 2).await?;
+        let overflow = client.add(i64::MAX, 1).await?;
+        println!(
+            "rpc {ep}: empty name -> {err}; add(40, 2) -> {sum:?}; add(MAX, 1) -> {overflow:?}"
+        );
+        client.log(format!("logged over {ep}")).await?;
+        let line = timeout(WAIT, lines.recv())
+            .await
+            .map_err(|_| "the oneway log line did not arrive")?
+            .ok_or("the log channel closed")?;
         let late = client
-            .request("demo.Greeter", "Sleep")
-            .timeout(Duration::from_millis(50))
-            .call::<_, u64>(&500u64)
+            .with(CallConfig::new().timeout(Duration::from_millis(50)))
+            .sleep(500)
             .await
             .err()
             .ok_or("a 500 ms sleep must miss a 50 ms deadline")?;
-        println!("rpc {ep}: empty name -> {err}; 500 ms sleep, 50 ms deadline -> {late}");
-        client.close().await;
+        println!("rpc {ep}: oneway -> server got {line:?}; 500 ms sleep, 50 ms deadline -> {late}");
+        client.rpc().close().await;
     }
     timeout(
         Duration::from_secs(6),

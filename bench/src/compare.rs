@@ -7,10 +7,11 @@
 //! p50, p99, the ratio to the baseline of the same round, each process's CPU use, and heap
 //! allocations per call on each side (a counting global allocator).
 //!
-//! `qsocket-layers3`, `qsocket-tower`, `qsocket-stats`, `qsocket-token` and
-//! `qsocket-accesskey` ([`Imp::QsocketLayered`]) run only when named with `--impls`: `qsocket`
-//! with layers that do nothing (what the seams cost) or with the shipped statistics, cluster
-//! and auth layers (what they cost).
+//! `qsocket-layers3`, `qsocket-tower`, `qsocket-stats`, `qsocket-token`,
+//! `qsocket-accesskey` and `qsocket-macro` ([`Imp::QsocketLayered`]) run only when named with
+//! `--impls`: `qsocket` with layers that do nothing (what the seams cost), with the shipped
+//! statistics, cluster and auth layers (what they cost), or declared as a trait with
+//! `#[qsocket::service]` (what generated code costs).
 //!
 //! `compare-idle`: server RSS growth over 10,000 idle connections (one call on each first),
 //! per connection.
@@ -66,12 +67,13 @@ impl Imp {
     ];
 
     /// Implementations that run only when named with `--impls`.
-    pub const EXTRA: [Imp; 5] = [
+    pub const EXTRA: [Imp; 6] = [
         Imp::QsocketLayered(Layers::Noop3),
         Imp::QsocketLayered(Layers::Tower),
         Imp::QsocketLayered(Layers::Stats),
         Imp::QsocketLayered(Layers::Token),
         Imp::QsocketLayered(Layers::AccessKey),
+        Imp::QsocketLayered(Layers::Macro),
     ];
 
     /// The name used on the command line and in tables.
@@ -86,6 +88,7 @@ impl Imp {
             Imp::QsocketLayered(Layers::Stats) => "qsocket-stats",
             Imp::QsocketLayered(Layers::Token) => "qsocket-token",
             Imp::QsocketLayered(Layers::AccessKey) => "qsocket-accesskey",
+            Imp::QsocketLayered(Layers::Macro) => "qsocket-macro",
             Imp::Baseline => "baseline",
             Imp::Tarpc => "tarpc",
             Imp::Tonic => "tonic",
@@ -142,6 +145,7 @@ enum AnyClient {
     QsocketStats(impl_qsocket::Client<impl_qsocket::StatsInvokeChain>),
     QsocketToken(impl_qsocket::Client<impl_qsocket::TokenInvoke>),
     QsocketAccessKey(impl_qsocket::Client<impl_qsocket::AccessKeyInvoke>),
+    QsocketMacro(impl_qsocket::MacroEchoClient),
     Baseline(impl_baseline::Client),
     Tarpc(crate::impl_tarpc::Client),
     Tonic(crate::impl_tonic::Client),
@@ -168,6 +172,9 @@ impl AnyClient {
             Imp::QsocketLayered(Layers::AccessKey) => {
                 AnyClient::QsocketAccessKey(impl_qsocket::connect_access_key(addr).await?)
             }
+            Imp::QsocketLayered(Layers::Macro) => {
+                AnyClient::QsocketMacro(impl_qsocket::connect_macro(addr).await?)
+            }
             Imp::Baseline => {
                 AnyClient::Baseline(impl_baseline::Client::connect(addr.parse()?).await?)
             }
@@ -188,6 +195,10 @@ impl AnyClient {
             AnyClient::QsocketStats(c) => c.call(payload).await,
             AnyClient::QsocketToken(c) => c.call(payload).await,
             AnyClient::QsocketAccessKey(c) => c.call(payload).await,
+            AnyClient::QsocketMacro(c) => {
+                use impl_qsocket::MacroEchoApi;
+                Ok(c.echo(payload).await?)
+            }
             AnyClient::Baseline(c) => c.call(payload).await,
             AnyClient::Tarpc(c) => c.call(payload).await,
             AnyClient::Tonic(c) => c.call(payload).await,

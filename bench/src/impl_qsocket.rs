@@ -51,6 +51,38 @@ pub enum Layers {
     /// names, timestamp, nonce and the body's SHA-256); the server verifies it and keeps its
     /// nonce.
     AccessKey,
+    /// The echo declared as a trait with `#[qsocket::service]` ([`MacroEcho`]): the generated
+    /// client (with its cluster layer, failfast) and server, the payload as a plain `Bytes`
+    /// argument carried as MessagePack. No other layers.
+    Macro,
+}
+
+/// The echo as a service trait: what `#[qsocket::service]` generates is measured against
+/// the hand-written baseline (`qsocket-macro`).
+#[qsocket::service(name = "bench.MacroEcho")]
+pub trait MacroEcho {
+    /// Answers the payload.
+    async fn echo(&self, payload: Bytes) -> Bytes;
+}
+
+struct MacroEchoImpl;
+
+impl MacroEcho for MacroEchoImpl {
+    async fn echo(&self, payload: Bytes) -> Bytes {
+        payload
+    }
+}
+
+/// A [`MacroEchoClient`] connected to `url` (waits until the connection is up).
+pub async fn connect_macro(url: &str) -> Result<MacroEchoClient, Error> {
+    let rpc = RpcClient::builder()
+        .endpoint(url)
+        .timeout(Duration::from_secs(10))
+        .start()
+        .await?;
+    let c = MacroEchoClient::new(rpc);
+    c.echo(Bytes::from_static(b"warm")).await?;
+    Ok(c)
 }
 
 /// The server's service.
@@ -69,6 +101,10 @@ pub async fn serve(url: &str) -> Result<RpcServer, Error> {
 
 /// [`serve`] with the server side of `layers`.
 pub async fn serve_layered(url: &str, layers: Layers) -> Result<RpcServer, Error> {
+    if layers == Layers::Macro {
+        let router = Router::new().add_service(MacroEchoServer::new(MacroEchoImpl));
+        return Ok(RpcServer::builder(router).bind(url).start().await?);
+    }
     let builder = RpcServer::builder(router()).bind(url);
     Ok(match layers {
         Layers::Noop3 => {
@@ -79,7 +115,7 @@ pub async fn serve_layered(url: &str, layers: Layers) -> Result<RpcServer, Error
                 .start()
                 .await?
         }
-        Layers::Tower => builder.start().await?,
+        Layers::Tower | Layers::Macro => builder.start().await?,
         Layers::Stats => builder.layer(server_stats().layer()).start().await?,
         Layers::Token => {
             let tokens = BearerTokens::new().token(TOKEN, Principal::new("bench"));

@@ -42,6 +42,9 @@
 //!   * `qsocket-accesskey`: `qsocket-stats` plus access-key auth (every call signed with
 //!     HMAC-SHA256 over names, timestamp, nonce and the body's digest; the server verifies it
 //!     and remembers its nonce).
+//!   * `qsocket-macro`: the echo declared as a trait with `#[qsocket::service]`: the
+//!     generated client (its cluster layer outermost, failfast) and server, the payload a plain
+//!     `Bytes` argument carried as MessagePack (a map keyed by argument name).
 //! * `costs`: per-call syscalls (strace) and instructions (callgrind) of the client and the
 //!   server process, from two runs of fixed call counts (see `costs.rs`); `--impls` takes the
 //!   same names as `compare`, the five `--impls`-only ones included.
@@ -197,7 +200,7 @@ fn usage() {
          qsocket-bench costs [--impls baseline,qsocket,qsocket-json] [--n 1,32]\n       \
          qsocket-bench hostile [--attacks A,B,…] [--shared-budget-mib N]\n\
          implementations: baseline, qsocket, qsocket-json, qsocket-udp, qsocket-ws, tarpc, tonic\n                 \
-         (only with --impls: qsocket-layers3, qsocket-tower, qsocket-stats, qsocket-token, qsocket-accesskey)"
+         (only with --impls: qsocket-layers3, qsocket-tower, qsocket-stats, qsocket-token, qsocket-accesskey, qsocket-macro)"
     );
 }
 

@@ -12,8 +12,8 @@ use syn::parse::Parser;
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{
-    Attribute, Expr, FnArg, GenericParam, Generics, Ident, ItemTrait, Lit, Meta, Pat, ReturnType,
-    Token, TraitItem, Type, TypeParamBound, Visibility,
+    Attribute, Expr, FnArg, GenericParam, Generics, Ident, ItemTrait, Lit, LitStr, Meta, Pat,
+    ReturnType, Token, TraitItem, Type, TypeParamBound, Visibility,
 };
 
 mod render;
@@ -127,10 +127,11 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
             "version" => svc.version = Some(string_value(&meta)?),
             "group" => svc.group = Some(string_value(&meta)?),
             "codec" => {
-                let c = string_value(&meta)?;
+                let lit = string_lit(&meta)?;
+                let c = lit.value();
                 if !["msgpack", "json", "protobuf"].contains(&c.as_str()) {
                     return Err(syn::Error::new(
-                        meta.span(),
+                        lit.span(),
                         format!("unknown codec {c:?}: use \"msgpack\", \"json\" or \"protobuf\""),
                     ));
                 }
@@ -138,9 +139,10 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
             }
             other => {
                 return Err(syn::Error::new(
-                    meta.span(),
+                    meta.path().span(),
                     format!(
-                        "unknown service attribute `{other}`: use name, version, group or codec"
+                        "unknown service attribute `{other}`: {}use name, version, group or codec",
+                        did_you_mean(other, &SERVICE_ATTRIBUTES)
                     ),
                 ))
             }
@@ -152,7 +154,11 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
             GenericParam::Lifetime(l) => {
                 return Err(syn::Error::new(
                     l.span(),
-                    "a service trait cannot have lifetime parameters: what travels is owned",
+                    format!(
+                        "a service trait cannot have lifetime parameters: remove `{}` (what \
+                         travels is owned: `String`, not `&str`)",
+                        l.lifetime
+                    ),
                 ))
             }
             GenericParam::Const(c) => {
@@ -169,6 +175,8 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
             "a service trait is a plain `trait`",
         ));
     }
+    // Each wire name and the method that took it first.
+    let mut seen = std::collections::HashMap::new();
     for ti in &item.items {
         let TraitItem::Fn(f) = ti else {
             return Err(syn::Error::new(
@@ -176,21 +184,35 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
                 "a service trait holds only methods (`async fn name(&self, …)`)",
             ));
         };
-        svc.methods.push(method(f)?);
-    }
-    let mut seen = std::collections::HashSet::new();
-    for m in &svc.methods {
-        if !seen.insert(m.name.clone()) {
-            return Err(syn::Error::new(
-                m.ident.span(),
-                format!("two methods are named {:?} on the wire: rename one", m.name),
-            ));
+        let (m, rename) = method(f)?;
+        if let Some(first) = seen.insert(m.name.clone(), m.ident.clone()) {
+            let msg = format!(
+                "`{first}` and `{}` are both named {:?} on the wire: rename one \
+                 (`#[qsocket(rename = \"…\")]`)",
+                m.ident, m.name
+            );
+            // The rename that collides, or else the method's name.
+            return Err(match rename {
+                Some(lit) => syn::Error::new(lit.span(), msg),
+                None => syn::Error::new(m.ident.span(), msg),
+            });
         }
+        svc.methods.push(m);
     }
     Ok(svc)
 }
 
-fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
+/// Where a method's policy attributes were written, for errors about how they combine.
+#[derive(Default)]
+struct Written {
+    strategy: Option<Meta>,
+    retries: Option<Meta>,
+    hedge_ms: Option<Meta>,
+    forks: Option<Meta>,
+}
+
+/// Reads one method, with its `rename = "…"` literal, if any (to point at in errors).
+fn method(f: &syn::TraitItemFn) -> syn::Result<(Method, Option<LitStr>)> {
     let sig = &f.sig;
     if sig.asyncness.is_none() {
         return Err(syn::Error::new(
@@ -201,7 +223,8 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
     if let Some(body) = &f.default {
         return Err(syn::Error::new(
             body.span(),
-            "a service method has no default body: the server's implementation gives it",
+            "a service method has no default body: remove it and end the declaration with `;` \
+             (the server's implementation gives the body)",
         ));
     }
     if !sig.generics.params.is_empty() {
@@ -214,21 +237,23 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
     match inputs.next() {
         Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
         Some(FnArg::Receiver(r)) if r.reference.is_none() => {
-            return Err(syn::Error::new(
-                r.span(),
-                "a service method takes `&self`, not `self` by value",
+            return Err(syn::Error::new_spanned(
+                r,
+                "a service method takes `&self`, not `self` by value: write `&self`",
             ))
         }
         Some(FnArg::Receiver(r)) => {
+            let at = r.mutability.map_or_else(|| r.span(), |m| m.span());
             return Err(syn::Error::new(
-                r.span(),
-                "a service method takes `&self`, not `&mut self` (calls run concurrently)",
-            ))
+                at,
+                "a service method takes `&self`, not `&mut self` (calls run concurrently): \
+                 remove `mut` and keep mutable state behind a `Mutex` or atomics",
+            ));
         }
         _ => {
             return Err(syn::Error::new(
-                sig.ident.span(),
-                "a service method takes `&self` first",
+                sig.paren_token.span.join(),
+                "a service method takes `&self` first: add `&self` as its first argument",
             ))
         }
     }
@@ -244,14 +269,18 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
             ));
         };
         if let Type::Reference(r) = &*pt.ty {
-            return Err(syn::Error::new(
-                r.span(),
-                "arguments travel over the network: take them by value (`String`, not `&str`)",
+            return Err(syn::Error::new_spanned(
+                r,
+                format!(
+                    "arguments travel over the network: take them by value (`{}`, not `{}`)",
+                    owned(&r.elem),
+                    pretty(r)
+                ),
             ));
         }
         if matches!(&*pt.ty, Type::ImplTrait(_)) {
-            return Err(syn::Error::new(
-                pt.ty.span(),
+            return Err(syn::Error::new_spanned(
+                &pt.ty,
                 "`impl Trait` cannot travel: use a concrete type",
             ));
         }
@@ -262,17 +291,20 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
         ReturnType::Type(_, ty) => output(ty)?,
     };
     let mut policy = Policy::default();
+    let mut written = Written::default();
     let mut name = sig.ident.to_string();
+    let mut rename = None;
     for attr in f.attrs.iter().filter(|a| a.path().is_ident("qsocket")) {
         let metas = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
         for meta in metas {
             let key = path_name(&meta)?;
             match key.as_str() {
                 "strategy" => {
-                    let s = string_value(&meta)?;
+                    let lit = string_lit(&meta)?;
+                    let s = lit.value();
                     if !STRATEGIES.contains(&s.as_str()) {
                         return Err(syn::Error::new(
-                            meta.span(),
+                            lit.span(),
                             format!(
                                 "unknown strategy {s:?}: use one of {}",
                                 STRATEGIES.join(", ")
@@ -280,48 +312,138 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<Method> {
                         ));
                     }
                     policy.strategy = Some(s);
+                    written.strategy = Some(meta);
                 }
-                "retries" => policy.retries = Some(int_value(&meta)?),
+                "retries" => {
+                    policy.retries = Some(int_value(&meta)?);
+                    written.retries = Some(meta);
+                }
                 "timeout_ms" => policy.timeout_ms = Some(int_value(&meta)?),
-                "hedge_ms" => policy.hedge_ms = Some(int_value(&meta)?),
-                "forks" => policy.forks = Some(int_value(&meta)?),
+                "hedge_ms" => {
+                    policy.hedge_ms = Some(int_value(&meta)?);
+                    written.hedge_ms = Some(meta);
+                }
+                "forks" => {
+                    policy.forks = Some(int_value(&meta)?);
+                    written.forks = Some(meta);
+                }
                 "oneway" => policy.oneway = flag(&meta)?,
                 "idempotent" => policy.idempotent = flag(&meta)?,
-                "rename" => name = string_value(&meta)?,
+                "rename" => {
+                    let lit = string_lit(&meta)?;
+                    name = lit.value();
+                    rename = Some(lit.clone());
+                }
                 other => {
                     return Err(syn::Error::new(
-                        meta.span(),
+                        meta.path().span(),
                         format!(
-                            "unknown method attribute `{other}`: use strategy, retries, \
-                             timeout_ms, hedge_ms, forks, oneway, idempotent or rename"
+                            "unknown method attribute `{other}`: {}use strategy, retries, \
+                             timeout_ms, hedge_ms, forks, oneway, idempotent or rename",
+                            did_you_mean(other, &METHOD_ATTRIBUTES)
                         ),
                     ))
                 }
             }
         }
     }
-    check_policy(&mut policy, f)?;
+    check_policy(&mut policy, &written, &sig.ident)?;
     if policy.oneway && !matches!(output, Output::Unit) {
-        return Err(syn::Error::new(
-            sig.output.span(),
-            "a oneway method returns nothing: remove the return type",
+        return Err(syn::Error::new_spanned(
+            &sig.output,
+            "a oneway method returns nothing: remove the return type (no answer comes back)",
         ));
     }
-    Ok(Method {
+    let method = Method {
         name,
         ident: sig.ident.clone(),
         args,
         output,
         policy,
         docs: docs(&f.attrs),
-    })
+    };
+    Ok((method, rename))
+}
+
+/// The attributes `#[qsocket::service(…)]` reads.
+const SERVICE_ATTRIBUTES: [&str; 4] = ["name", "version", "group", "codec"];
+
+/// The attributes `#[qsocket(…)]` on a method reads.
+const METHOD_ATTRIBUTES: [&str; 8] = [
+    "strategy",
+    "retries",
+    "timeout_ms",
+    "hedge_ms",
+    "forks",
+    "oneway",
+    "idempotent",
+    "rename",
+];
+
+/// `did you mean `retries`? ` when `word` looks like a misspelling of one of `known` (they
+/// share their first four letters, or three and one starts the other), or nothing.
+fn did_you_mean(word: &str, known: &[&str]) -> String {
+    let word_l = word.to_lowercase();
+    known
+        .iter()
+        .find(|k| {
+            let common = k
+                .chars()
+                .zip(word_l.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            common >= 4 || (common >= 3 && (k.starts_with(&word_l) || word_l.starts_with(*k)))
+        })
+        .map(|k| format!("did you mean `{k}`? "))
+        .unwrap_or_default()
+}
+
+/// The owned type to take instead of a reference to `elem`: `String` for `str`, `Vec<T>` for
+/// `[T]`, `T` otherwise.
+fn owned(elem: &Type) -> String {
+    match elem {
+        Type::Path(p) if p.path.is_ident("str") => "String".into(),
+        Type::Slice(s) => format!("Vec<{}>", pretty(&s.elem)),
+        other => pretty(other),
+    }
+}
+
+/// `tokens` as written, more or less: without the spaces `to_string` puts between all of them
+/// (`&'a str`, `Vec<u8>`, not `& 'a str`, `Vec < u8 >`).
+fn pretty(tokens: &impl ToTokens) -> String {
+    let text = tokens.to_token_stream().to_string();
+    let wordy = |c: char| c.is_alphanumeric() || c == '_' || c == '\'';
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let before = i.checked_sub(1).map(|j| chars[j]);
+            let after = chars.get(i + 1).copied();
+            // After a word or a comma, unless what follows closes or joins (`u8>`, `std::`).
+            let keep = match (before, after) {
+                (Some(','), _) => true,
+                (Some(b), Some(a)) => wordy(b) && !"<>,:;.?)]}".contains(a),
+                _ => false,
+            };
+            if !keep {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Fills the strategy `hedge_ms` and `forks` imply, and refuses numbers the strategy does
-/// not read.
-fn check_policy(policy: &mut Policy, f: &syn::TraitItemFn) -> syn::Result<()> {
-    let span = f.sig.ident.span();
-    let err = |msg: String| Err(syn::Error::new(span, msg));
+/// not read. Errors point at the attribute to change, as `written` records it (at `ident`,
+/// the method's name, for one that was not written).
+fn check_policy(policy: &mut Policy, written: &Written, ident: &Ident) -> syn::Result<()> {
+    let err = |at: &Option<Meta>, msg: String| {
+        Err(match at {
+            Some(meta) => syn::Error::new_spanned(meta, msg),
+            None => syn::Error::new(ident.span(), msg),
+        })
+    };
     if policy.strategy.is_none() {
         if policy.hedge_ms.is_some() {
             policy.strategy = Some("hedging".into());
@@ -329,6 +451,7 @@ fn check_policy(policy: &mut Policy, f: &syn::TraitItemFn) -> syn::Result<()> {
             policy.strategy = Some("forking".into());
         } else if policy.retries.is_some() {
             return err(
+                &written.retries,
                 "`retries` needs a strategy that retries: add `strategy = \"failover\"` \
                  (or failtry, failback, hedging)"
                     .into(),
@@ -337,29 +460,44 @@ fn check_policy(policy: &mut Policy, f: &syn::TraitItemFn) -> syn::Result<()> {
     }
     let strategy = policy.strategy.clone().unwrap_or_default();
     if policy.hedge_ms.is_some() && strategy != "hedging" {
-        return err(format!(
-            "`hedge_ms` is for strategy = \"hedging\", not {strategy:?}"
-        ));
+        return err(
+            &written.hedge_ms,
+            format!(
+                "`hedge_ms` is for strategy = \"hedging\", not {strategy:?}: remove one of them"
+            ),
+        );
     }
     if policy.forks.is_some() && strategy != "forking" {
-        return err(format!(
-            "`forks` is for strategy = \"forking\", not {strategy:?}"
-        ));
+        return err(
+            &written.forks,
+            format!("`forks` is for strategy = \"forking\", not {strategy:?}: remove one of them"),
+        );
     }
     if policy.retries.is_some() && ["failfast", "failsafe", "forking"].contains(&strategy.as_str())
     {
-        return err(format!(
-            "strategy {strategy:?} does not retry: remove `retries` or use failover, failtry, \
-             failback or hedging"
-        ));
+        return err(
+            &written.retries,
+            format!(
+                "strategy {strategy:?} does not retry: remove `retries` or use failover, \
+                 failtry, failback or hedging"
+            ),
+        );
     }
     if policy.oneway
         && !["", "failfast", "failback", "failover", "failtry"].contains(&strategy.as_str())
     {
-        return err(format!(
-            "a oneway method cannot use strategy {strategy:?}: there is no answer to wait for \
-             (use failfast, failover, failtry or failback)"
-        ));
+        // `hedge_ms` or `forks` may imply the strategy.
+        let at = [&written.strategy, &written.hedge_ms, &written.forks]
+            .into_iter()
+            .find(|w| w.is_some())
+            .unwrap_or(&None);
+        return err(
+            at,
+            format!(
+                "a oneway method cannot use strategy {strategy:?}: there is no answer to wait \
+                 for (use failfast, failover, failtry or failback)"
+            ),
+        );
     }
     Ok(())
 }
@@ -426,11 +564,15 @@ fn lit(meta: &Meta) -> syn::Result<&Lit> {
     }
 }
 
-fn string_value(meta: &Meta) -> syn::Result<String> {
+fn string_lit(meta: &Meta) -> syn::Result<&LitStr> {
     match lit(meta)? {
-        Lit::Str(s) => Ok(s.value()),
+        Lit::Str(s) => Ok(s),
         other => Err(syn::Error::new(other.span(), "expected a string (`\"…\"`)")),
     }
+}
+
+fn string_value(meta: &Meta) -> syn::Result<String> {
+    string_lit(meta).map(LitStr::value)
 }
 
 fn int_value<N: std::str::FromStr<Err: std::fmt::Display>>(meta: &Meta) -> syn::Result<N> {
@@ -641,6 +783,54 @@ mod tests {
                 "only methods",
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        #[qsocket(retry = 2)]
+                        async fn f(&self);
+                    }
+                ),
+                "did you mean `retries`?",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        async fn f(&self, b: &'static [Vec<u8>]);
+                    }
+                ),
+                "(`Vec<Vec<u8>>`, not `&'static [Vec<u8>]`)",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        #[qsocket(retries = 2)]
+                        async fn f(&self);
+                    }
+                ),
+                "add `strategy = \"failover\"`",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        #[qsocket(strategy = "failfast", hedge_ms = 5)]
+                        async fn f(&self);
+                    }
+                ),
+                "`hedge_ms` is for strategy = \"hedging\"",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T<'a> {}
+                ),
+                "remove `'a`",
+            ),
+        ]);
         for (args, item, want) in cases {
             let got = err(args, item.clone());
             assert!(got.contains(want), "{item}: {got}");

@@ -1,0 +1,6 @@
+#[qsocket::service]
+pub trait Greeter {
+    async fn hello(name: String) -> String;
+}
+
+fn main() {}
