@@ -140,8 +140,16 @@ async fn every_kind_of_method_over_each_transport_and_codec() {
     }
 }
 
+/// A service without a `name`: its wire name is its module path, then its trait name.
+#[qsocket::service]
+pub trait Pinger {
+    /// Answers nothing.
+    async fn ping(&self);
+}
+
 #[tokio::test]
 async fn the_method_reads_its_context_and_names_are_constants() {
+    assert_eq!(pinger::SERVICE, "rpc_service.Pinger");
     assert_eq!(greeter::SERVICE, "demo.Greeter");
     assert_eq!(greeter::VERSION, "1.0");
     assert_eq!(greeter::WHOAMI, "WhoAmI");

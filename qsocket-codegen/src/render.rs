@@ -390,46 +390,37 @@ impl Render<'_> {
         quote!(::core::option::Option::Some(#base #idem))
     }
 
-    /// The struct a serde method's arguments travel in (a map keyed by argument name).
+    /// The struct a serde method's arguments travel in (a map keyed by argument name). It is
+    /// generic over its field types, bounded by what travels, so a type that cannot travel is
+    /// refused with that trait's message rather than the serde derive's.
     fn args_item(&self, m: &Method) -> TokenStream {
         if self.mode != Mode::Serde {
             return quote!();
         }
         let k = self.krate;
         let name = Self::args_struct(m);
-        let serde_path = format!("{}::__private::serde", k.to_string().replace(' ', ""));
-        let params = self.type_params();
-        let fields = m.args.iter().map(|(id, ty)| quote!(pub #id: #ty));
-        let doc = format!("The arguments of `{}`, as they travel.", m.ident);
-        if params.is_empty() {
-            quote! {
-                #[doc = #doc]
-                #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
-                #[serde(crate = #serde_path)]
-                pub struct #name {
-                    #(#fields,)*
-                }
-            }
-        } else {
-            let ser: Vec<String> = params
-                .iter()
-                .map(|p| format!("{p}: {serde_path}::Serialize"))
-                .collect();
-            let de: Vec<String> = params
-                .iter()
-                .map(|p| format!("{p}: {serde_path}::de::DeserializeOwned"))
-                .collect();
-            let (ser, de) = (ser.join(", "), de.join(", "));
-            quote! {
-                #[doc = #doc]
-                #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
-                #[serde(crate = #serde_path, bound(serialize = #ser, deserialize = #de))]
-                pub struct #name<#(#params),*> {
-                    #(#fields,)*
-                    #[serde(skip)]
-                    #[doc(hidden)]
-                    pub __types: ::core::marker::PhantomData<fn() -> (#(#params,)*)>,
-                }
+        let krate_str = k.to_string().replace(' ', "");
+        let serde_path = format!("{krate_str}::__private::serde");
+        let params: Vec<Ident> = (0..m.args.len()).map(|i| format_ident!("__A{i}")).collect();
+        let fields = m.args.iter().zip(&params).map(|((id, _), p)| {
+            let doc = format!("The `{id}` argument.");
+            quote!(#[doc = #doc] pub #id: #p)
+        });
+        let doc = format!(
+            "The arguments of `{}`, as they travel (a map keyed by argument name).",
+            m.ident
+        );
+        let bound: Vec<String> = params
+            .iter()
+            .map(|p| format!("{p}: {krate_str}::__private::Travels"))
+            .collect();
+        let bound = bound.join(", ");
+        quote! {
+            #[doc = #doc]
+            #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
+            #[serde(crate = #serde_path, bound(serialize = #bound, deserialize = #bound))]
+            pub struct #name<#(#params),*> {
+                #(#fields,)*
             }
         }
     }
@@ -735,16 +726,11 @@ impl Render<'_> {
         match self.mode {
             Mode::Serde => {
                 let name = Self::args_struct(m);
-                let targs = self.type_args();
+                let tys = m.args.iter().map(|(_, t)| t);
                 let fields = m.args.iter().map(|(id, _)| quote!(#id));
-                let phantom = if self.type_params().is_empty() {
-                    quote!()
-                } else {
-                    quote!(__types: ::core::marker::PhantomData,)
-                };
                 (
-                    quote!(#k::rpc::Serde<#module::#name #targs>),
-                    quote!(#k::rpc::Serde(#module::#name { #(#fields,)* #phantom })),
+                    quote!(#k::rpc::Serde<#module::#name<#(#tys),*>>),
+                    quote!(#k::rpc::Serde(#module::#name { #(#fields,)* })),
                 )
             }
             Mode::Message => match m.args.first() {
@@ -775,9 +761,8 @@ impl Render<'_> {
                 Mode::Serde => {
                     let name = Self::args_struct(m);
                     let fields: Vec<&Ident> = m.args.iter().map(|(id, _)| id).collect();
-                    let rest = if params.is_empty() { quote!() } else { quote!(..) };
                     (
-                        quote!(let #module::#name { #(#fields,)* #rest } = req.0;),
+                        quote!(let #module::#name { #(#fields,)* } = req.0;),
                         quote!(#(#fields),*),
                     )
                 }

@@ -76,13 +76,26 @@ pub mod __private {
 
     impl<T: crate::rpc::Message + Sync> TravelsAsMessage for T {}
 
+    /// Where the parent of module `path` ends: before its last `::`.
+    const fn parent_end(path: &[u8]) -> usize {
+        let mut i = path.len();
+        while i >= 2 {
+            if path[i - 1] == b':' && path[i - 2] == b':' {
+                return i - 2;
+            }
+            i -= 1;
+        }
+        path.len()
+    }
+
     /// The length of [`dotted`]`(path, name)`.
     pub const fn dotted_len(path: &str, name: &str) -> usize {
         let p = path.as_bytes();
+        let end = parent_end(p);
         let mut n = 0;
         let mut i = 0;
-        while i < p.len() {
-            if p[i] == b':' && i + 1 < p.len() && p[i + 1] == b':' {
+        while i < end {
+            if p[i] == b':' && i + 1 < end && p[i + 1] == b':' {
                 i += 2;
             } else {
                 i += 1;
@@ -92,16 +105,18 @@ pub mod __private {
         n + 1 + name.len()
     }
 
-    /// `path` with each `::` turned into `.`, then `.name`: a service's default wire name
-    /// from its module path (`my_app::api` and `Greeter` give `my_app.api.Greeter`). `N` is
+    /// A service's default wire name, from the path of the module generated beside its trait
+    /// (`module_path!()` there): the trait's module path with `.` for `::`, then `.name`
+    /// (`my_app::api::greeter` and `Greeter` give `my_app.api.Greeter`). `N` is
     /// [`dotted_len`]`(path, name)`.
     pub const fn dotted<const N: usize>(path: &str, name: &str) -> [u8; N] {
         let mut out = [0u8; N];
         let p = path.as_bytes();
+        let end = parent_end(p);
         let mut o = 0;
         let mut i = 0;
-        while i < p.len() && o < N {
-            if p[i] == b':' && i + 1 < p.len() && p[i + 1] == b':' {
+        while i < end && o < N {
+            if p[i] == b':' && i + 1 < end && p[i + 1] == b':' {
                 out[o] = b'.';
                 i += 2;
             } else {
@@ -128,8 +143,8 @@ pub mod __private {
     mod tests {
         #[test]
         fn module_paths_become_dotted_names() {
-            const N: usize = super::dotted_len("my_app::api", "Greeter");
-            const B: [u8; N] = super::dotted::<N>("my_app::api", "Greeter");
+            const N: usize = super::dotted_len("my_app::api::greeter", "Greeter");
+            const B: [u8; N] = super::dotted::<N>("my_app::api::greeter", "Greeter");
             assert_eq!(std::str::from_utf8(&B).ok(), Some("my_app.api.Greeter"));
         }
     }
