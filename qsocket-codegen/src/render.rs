@@ -558,46 +558,44 @@ impl Render<'_> {
                 quote!()
             };
             let (req_ty, req_val) = self.request_of(m);
+            // Each returns the call's own future (no second future around it: a call's
+            // future is large, and each wrapper would copy it).
             let send = match (&m.output, self.mode) {
                 _ if m.policy.oneway => quote! {
-                    let fut = call.oneway::<#req_ty>(&#req_val);
-                    async move { fut.await }
+                    call.oneway::<#req_ty>(&#req_val)
                 },
                 (Output::Unit, Mode::Serde) => quote! {
-                    let fut = call.call::<#req_ty, #k::rpc::Serde<()>>(&#req_val);
-                    async move { fut.await.map(|_| ()) }
-                },
-                (Output::Unit, Mode::Message) => quote! {
-                    let fut = call.call::<#req_ty, ()>(&#req_val);
-                    async move { fut.await }
+                    call.call_map::<#req_ty, #k::rpc::Serde<()>, ()>(&#req_val, |_| ())
                 },
                 (Output::Value(t), Mode::Serde) => quote! {
-                    let fut = call.call::<#req_ty, #k::rpc::Serde<#t>>(&#req_val);
-                    async move { fut.await.map(|r| r.0) }
+                    call.call_map::<#req_ty, #k::rpc::Serde<#t>, #t>(&#req_val, |r| r.0)
                 },
                 (Output::Result(r), Mode::Serde) if is_status(&r.1) => {
                     let t = &r.0;
                     quote! {
-                        let fut = call.call::<#req_ty, #k::rpc::Serde<#t>>(&#req_val);
-                        async move { fut.await.map(|r| r.0) }
+                        call.call_map::<#req_ty, #k::rpc::Serde<#t>, #t>(&#req_val, |r| r.0)
                     }
                 }
                 (Output::Result(r), Mode::Serde) => {
                     let (t, e) = (&r.0, &r.1);
                     quote! {
-                        let fut = call.call::<#req_ty, #k::rpc::Serde<::core::result::Result<#t, #e>>>(&#req_val);
-                        async move { fut.await.map(|r| r.0) }
+                        call.call_map::<
+                            #req_ty,
+                            #k::rpc::Serde<::core::result::Result<#t, #e>>,
+                            ::core::result::Result<#t, #e>,
+                        >(&#req_val, |r| r.0)
                     }
                 }
+                (Output::Unit, Mode::Message) => quote! {
+                    call.call::<#req_ty, ()>(&#req_val)
+                },
                 (Output::Value(t), Mode::Message) => quote! {
-                    let fut = call.call::<#req_ty, #t>(&#req_val);
-                    async move { fut.await }
+                    call.call::<#req_ty, #t>(&#req_val)
                 },
                 (Output::Result(r), Mode::Message) => {
                     let t = &r.0;
                     quote! {
-                        let fut = call.call::<#req_ty, #t>(&#req_val);
-                        async move { fut.await }
+                        call.call::<#req_ty, #t>(&#req_val)
                     }
                 }
             };

@@ -605,6 +605,23 @@ impl<'a, I: Invoke> Call<'a, I> {
         }
     }
 
+    /// [`call`](Self::call), then `f` turns the response into what the caller wants (inside
+    /// the call's own future: no second future wraps it). Generated clients unwrap
+    /// [`Serde`](crate::rpc::Serde) responses this way.
+    pub fn call_map<Req: Message, Resp: Message, T: 'a>(
+        self,
+        req: &Req,
+        f: fn(Resp) -> T,
+    ) -> impl Future<Output = Result<T, Status>> + Send + 'a {
+        let client = self.client;
+        let mut prepared = self.prepare::<Req, Resp>(req, false);
+        async move {
+            let req = prepared_request(&mut prepared)?;
+            let resp = client.invoke.invoke(req).await?;
+            decode::<Resp>(resp.codec, resp.body).map(f)
+        }
+    }
+
     /// Sends the request and waits for the response and its metadata.
     pub fn reply<Req: Message, Resp: Message>(
         self,
