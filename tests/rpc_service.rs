@@ -58,6 +58,8 @@ pub struct Caller {
 struct Hello {
     logged: AtomicUsize,
     calls: AtomicUsize,
+    /// `log("wait")` waits to be notified here before counting.
+    gate: tokio::sync::Notify,
 }
 
 impl Greeter for Hello {
@@ -70,7 +72,10 @@ impl Greeter for Hello {
         a.checked_add(b).ok_or(AddError::Overflow { a, b })
     }
 
-    async fn log(&self, _line: String) {
+    async fn log(&self, line: String) {
+        if line == "wait" {
+            self.gate.notified().await;
+        }
         self.logged.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -263,14 +268,26 @@ async fn policies_are_honoured_over_each_transport() {
         .await;
         assert_eq!(st.code(), Code::DeadlineExceeded, "{scheme}: {st}");
         assert!(started.elapsed() < Duration::from_secs(4), "{scheme}");
+    }
+}
 
-        // oneway: returns once queued, without waiting for the handler.
-        up.logged.store(0, Ordering::SeqCst);
-        client
-            .with(CallConfig::new().hash_key("x"))
-            .log("fire".into())
+#[tokio::test]
+async fn a_oneway_call_returns_without_waiting_for_the_method() {
+    for scheme in TRANSPORTS {
+        let hello = Arc::new(Hello::default());
+        let (_server, url) = serve(
+            Router::new().add_service(GreeterServer::from_arc(hello.clone())),
+            scheme,
+        )
+        .await;
+        let client = GreeterClient::connect(&url).await.expect("connects");
+        // The method waits for a notification that only comes after the call returned.
+        within(scheme, client.log("wait".into()))
             .await
             .expect(scheme);
+        assert_eq!(hello.logged.load(Ordering::SeqCst), 0, "{scheme}");
+        hello.gate.notify_one();
+        eventually(scheme, || hello.logged.load(Ordering::SeqCst) == 1).await;
     }
 }
 
