@@ -6,7 +6,9 @@
 //! tree, which it compiles once into its own target directory: the first run is slow (a few
 //! minutes), later ones reuse it. After changing a message, regenerate the expected output
 //! with `TRYBUILD=overwrite cargo test -p qsocket-macros --test compile_fail` and read the
-//! diff.
+//! diff. `argument_cannot_travel.stderr` quotes the signatures of `Call::call_map` and
+//! `Service::unary` (rustc's notes on where the bound comes from): changing those signatures
+//! means regenerating it too.
 
 #[test]
 fn mistakes_are_compile_errors_at_the_offending_token() {
