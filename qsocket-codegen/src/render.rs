@@ -127,7 +127,41 @@ struct Render<'a> {
     mode: Mode,
 }
 
-impl Render<'_> {
+/// What the generated client and server both spell: the trait's name and generics, and the
+/// names module.
+struct Generated<'a> {
+    ident: &'a Ident,
+    module: Ident,
+    /// The trait's type parameters.
+    params: Vec<&'a Ident>,
+    /// The same as arguments (`<V>`), or nothing.
+    targs: TokenStream,
+    /// What each type parameter needs to travel.
+    travel: Vec<TokenStream>,
+    /// The trait's where-predicates.
+    wheres: Vec<TokenStream>,
+    /// The type parameters with their declared bounds.
+    decl: Vec<TokenStream>,
+    /// A `PhantomData` of the type parameters.
+    phantom_ty: TokenStream,
+}
+
+impl<'a> Render<'a> {
+    fn generated(&self) -> Generated<'a> {
+        let params: Vec<&'a Ident> = self.svc.generics.type_params().map(|t| &t.ident).collect();
+        let phantom_ty = quote!(::core::marker::PhantomData<fn() -> (#(#params,)*)>);
+        Generated {
+            ident: &self.svc.ident,
+            module: self.module(),
+            targs: self.type_args(),
+            travel: self.travel_bounds(),
+            wheres: self.where_preds(),
+            decl: self.declared_params(),
+            params,
+            phantom_ty,
+        }
+    }
+
     fn module(&self) -> Ident {
         format_ident!("{}", snake(&self.svc.ident))
     }
@@ -515,16 +549,18 @@ impl Render<'_> {
         let k = self.krate;
         let svc = self.svc;
         let vis = &svc.vis;
-        let ident = &svc.ident;
         let client = self.client_ident();
         let api = self.api_ident();
-        let module = self.module();
-        let params = self.type_params();
-        let targs = self.type_args();
-        let travel = self.travel_bounds();
-        let wheres = self.where_preds();
-        let decl = self.declared_params();
-        let phantom_ty = quote!(::core::marker::PhantomData<fn() -> (#(#params,)*)>);
+        let Generated {
+            ident,
+            module,
+            params,
+            targs,
+            travel,
+            wheres,
+            decl,
+            phantom_ty,
+        } = self.generated();
         let inner_ty = quote!(#k::rpc::RpcClient<#k::rpc::ClusterInvoke<::std::sync::Arc<I>>>);
         let codec = match svc.codec.as_deref() {
             Some("json") => quote!(.codec(#k::rpc::Codec::Json)),
@@ -742,15 +778,17 @@ impl Render<'_> {
         let k = self.krate;
         let svc = self.svc;
         let vis = &svc.vis;
-        let ident = &svc.ident;
         let server = self.server_ident();
-        let module = self.module();
-        let params = self.type_params();
-        let targs = self.type_args();
-        let travel = self.travel_bounds();
-        let wheres = self.where_preds();
-        let decl = self.declared_params();
-        let phantom_ty = quote!(::core::marker::PhantomData<fn() -> (#(#params,)*)>);
+        let Generated {
+            ident,
+            module,
+            params,
+            targs,
+            travel,
+            wheres,
+            decl,
+            phantom_ty,
+        } = self.generated();
         let regs = svc.methods.iter().map(|m| {
             let id = &m.ident;
             let mc = Self::method_const(m);
