@@ -438,68 +438,114 @@ fn pretty(tokens: &impl ToTokens) -> String {
 /// not read. Errors point at the attribute to change, as `written` records it (at `ident`,
 /// the method's name, for one that was not written).
 fn check_policy(policy: &mut Policy, written: &Written, ident: &Ident) -> syn::Result<()> {
-    let err = |at: &Option<Meta>, msg: String| {
-        Err(match at {
-            Some(meta) => syn::Error::new_spanned(meta, msg),
-            None => syn::Error::new(ident.span(), msg),
-        })
-    };
-    if policy.strategy.is_none() {
-        if policy.hedge_ms.is_some() {
-            policy.strategy = Some("hedging".into());
-        } else if policy.forks.is_some() {
-            policy.strategy = Some("forking".into());
-        } else if policy.retries.is_some() {
+    policy.check().map_err(|e| {
+        let at = match e.field {
+            PolicyField::Strategy => [&written.strategy, &written.hedge_ms, &written.forks]
+                .into_iter()
+                .find(|w| w.is_some())
+                .unwrap_or(&None),
+            PolicyField::Retries => &written.retries,
+            PolicyField::HedgeMs => &written.hedge_ms,
+            PolicyField::Forks => &written.forks,
+        };
+        match at {
+            Some(meta) => syn::Error::new_spanned(meta, e.message),
+            None => syn::Error::new(ident.span(), e.message),
+        }
+    })
+}
+
+/// The part of a [`Policy`] a [`PolicyError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyField {
+    /// `strategy` (or what implies it: `hedge_ms`, `forks`).
+    Strategy,
+    /// `retries`.
+    Retries,
+    /// `hedge_ms`.
+    HedgeMs,
+    /// `forks`.
+    Forks,
+}
+
+/// A policy whose parts do not go together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    /// The part to change.
+    pub field: PolicyField,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Policy {
+    /// Fills the strategy `hedge_ms` and `forks` imply, and refuses an unknown strategy and
+    /// numbers the strategy does not read.
+    pub fn check(&mut self) -> Result<(), PolicyError> {
+        let err = |field, message: String| Err(PolicyError { field, message });
+        if self.strategy.is_none() {
+            if self.hedge_ms.is_some() {
+                self.strategy = Some("hedging".into());
+            } else if self.forks.is_some() {
+                self.strategy = Some("forking".into());
+            } else if self.retries.is_some() {
+                return err(
+                    PolicyField::Retries,
+                    "`retries` needs a strategy that retries: add `strategy = \"failover\"` \
+                     (or failtry, failback, hedging)"
+                        .into(),
+                );
+            }
+        }
+        let strategy = self.strategy.clone().unwrap_or_default();
+        if !strategy.is_empty() && !STRATEGIES.contains(&strategy.as_str()) {
             return err(
-                &written.retries,
-                "`retries` needs a strategy that retries: add `strategy = \"failover\"` \
-                 (or failtry, failback, hedging)"
-                    .into(),
+                PolicyField::Strategy,
+                format!(
+                    "unknown strategy {strategy:?}: use one of {}",
+                    STRATEGIES.join(", ")
+                ),
             );
         }
+        if self.hedge_ms.is_some() && strategy != "hedging" {
+            return err(
+                PolicyField::HedgeMs,
+                format!(
+                    "`hedge_ms` is for strategy = \"hedging\", not {strategy:?}: remove one of them"
+                ),
+            );
+        }
+        if self.forks.is_some() && strategy != "forking" {
+            return err(
+                PolicyField::Forks,
+                format!(
+                    "`forks` is for strategy = \"forking\", not {strategy:?}: remove one of them"
+                ),
+            );
+        }
+        if self.retries.is_some()
+            && ["failfast", "failsafe", "forking"].contains(&strategy.as_str())
+        {
+            return err(
+                PolicyField::Retries,
+                format!(
+                    "strategy {strategy:?} does not retry: remove `retries` or use failover, \
+                     failtry, failback or hedging"
+                ),
+            );
+        }
+        if self.oneway
+            && !["", "failfast", "failback", "failover", "failtry"].contains(&strategy.as_str())
+        {
+            return err(
+                PolicyField::Strategy,
+                format!(
+                    "a oneway method cannot use strategy {strategy:?}: there is no answer to \
+                     wait for (use failfast, failover, failtry or failback)"
+                ),
+            );
+        }
+        Ok(())
     }
-    let strategy = policy.strategy.clone().unwrap_or_default();
-    if policy.hedge_ms.is_some() && strategy != "hedging" {
-        return err(
-            &written.hedge_ms,
-            format!(
-                "`hedge_ms` is for strategy = \"hedging\", not {strategy:?}: remove one of them"
-            ),
-        );
-    }
-    if policy.forks.is_some() && strategy != "forking" {
-        return err(
-            &written.forks,
-            format!("`forks` is for strategy = \"forking\", not {strategy:?}: remove one of them"),
-        );
-    }
-    if policy.retries.is_some() && ["failfast", "failsafe", "forking"].contains(&strategy.as_str())
-    {
-        return err(
-            &written.retries,
-            format!(
-                "strategy {strategy:?} does not retry: remove `retries` or use failover, \
-                 failtry, failback or hedging"
-            ),
-        );
-    }
-    if policy.oneway
-        && !["", "failfast", "failback", "failover", "failtry"].contains(&strategy.as_str())
-    {
-        // `hedge_ms` or `forks` may imply the strategy.
-        let at = [&written.strategy, &written.hedge_ms, &written.forks]
-            .into_iter()
-            .find(|w| w.is_some())
-            .unwrap_or(&None);
-        return err(
-            at,
-            format!(
-                "a oneway method cannot use strategy {strategy:?}: there is no answer to wait \
-                 for (use failfast, failover, failtry or failback)"
-            ),
-        );
-    }
-    Ok(())
 }
 
 /// `T`, `()` or `Result<T, E>`.

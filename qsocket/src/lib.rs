@@ -45,6 +45,21 @@ pub use error::Error;
 pub use qsocket_macros::service;
 pub use rpc::Status;
 
+/// Includes the code `qsocket-build` generated for a protobuf package (its messages and
+/// services), from `OUT_DIR`:
+///
+/// ```ignore
+/// pub mod greeter {
+///     qsocket::include_proto!("demo.greeter");
+/// }
+/// ```
+#[macro_export]
+macro_rules! include_proto {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+    };
+}
+
 /// What generated code uses; not a public API (it may change in any release).
 #[doc(hidden)]
 pub mod __private {
