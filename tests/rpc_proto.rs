@@ -51,7 +51,7 @@ impl Greeter for Impl {
         Ok(AddReply {
             sum,
             overflowed,
-            digest: sum.to_be_bytes().to_vec().into(),
+            digest: sum.to_be_bytes().to_vec(),
         })
     }
     async fn log(&self, request: Line) {
@@ -210,7 +210,7 @@ fn messages_follow_the_proto3_json_mapping() {
     let sum = AddReply {
         sum: 9_007_199_254_740_993, // 2^53 + 1: not exact as a JSON number
         overflowed: true,
-        digest: vec![0xff, 0x00].into(),
+        digest: vec![0xff, 0x00],
     };
     let json = serde_json::to_value(&sum).expect("json");
     assert_eq!(

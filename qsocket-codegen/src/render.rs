@@ -363,7 +363,9 @@ impl<'a> Render<'a> {
         );
         quote! {
             #[doc = #doc]
-            #[allow(dead_code)]
+            // A `.proto` package `demo.greeter` with a service `Greeter` is a module
+            // `greeter` holding this `greeter`.
+            #[allow(dead_code, clippy::module_inception)]
             #vis mod #module {
                 #[allow(unused_imports)]
                 use super::*;
