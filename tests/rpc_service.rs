@@ -440,3 +440,29 @@ async fn generated_futures_are_send() {
     let task = tokio::spawn(async move { client.add(40, 2).await });
     assert_eq!(task.await.expect("joined").expect("call"), Ok(42));
 }
+
+/// Traits named like the generated code's own type parameters still compile.
+#[qsocket::service]
+pub trait S {
+    /// A number.
+    async fn f(&self) -> u32;
+}
+
+/// (The client's parameter.)
+#[qsocket::service]
+pub trait I {
+    /// A number.
+    async fn g(&self) -> u32;
+}
+
+#[test]
+fn traits_named_s_and_i_get_other_parameter_names() {
+    struct Imp;
+    impl S for Imp {
+        async fn f(&self) -> u32 {
+            1
+        }
+    }
+    let _service: qsocket::rpc::Service = SServer::new(Imp).into();
+    assert_eq!(i::G, "g");
+}

@@ -178,8 +178,32 @@ fn located(e: protox::Error) -> Error {
         (Some(f), None) => format!("{f}: "),
         _ => String::new(),
     };
-    let help = e.help().map(|h| format!(" ({h})")).unwrap_or_default();
-    Error(format!("{place}{e}{help}"))
+    // The labels and notes say what is wrong inside the located element (e.g. which field
+    // of an option is unknown).
+    let mut detail: Vec<String> = e
+        .labels()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.label().map(str::to_string))
+        .collect();
+    if let Some(related) = e.related() {
+        detail.extend(related.map(|r| r.to_string()));
+    }
+    if let Some(h) = e.help() {
+        detail.push(h.to_string());
+    }
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push(s.to_string());
+        source = s.source();
+    }
+    detail.retain(|d| !d.is_empty());
+    let detail = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", detail.join("; "))
+    };
+    Error(format!("{place}{e}{detail}"))
 }
 
 /// What the options say about one service.

@@ -494,6 +494,18 @@ impl<'a> Render<'a> {
         }
     }
 
+    /// The first of `candidates` that names neither the trait nor one of its type
+    /// parameters (a `.proto` service may be called `S` or `I`).
+    fn free_param(&self, candidates: &[&str]) -> Ident {
+        let taken =
+            |c: &str| self.svc.ident == c || self.svc.generics.type_params().any(|t| t.ident == c);
+        let name = candidates
+            .iter()
+            .find(|c| !taken(c))
+            .map_or_else(|| format!("__{}", candidates[0]), |c| (*c).to_string());
+        format_ident!("{name}")
+    }
+
     fn api_ident(&self) -> Ident {
         format_ident!("{}Api", self.svc.ident)
     }
@@ -563,7 +575,9 @@ impl<'a> Render<'a> {
             decl,
             phantom_ty,
         } = self.generated();
-        let inner_ty = quote!(#k::rpc::RpcClient<#k::rpc::ClusterInvoke<::std::sync::Arc<I>>>);
+        // The invoker's type parameter, named apart from the trait and its parameters.
+        let inv = self.free_param(&["I", "Inv", "Invoker"]);
+        let inner_ty = quote!(#k::rpc::RpcClient<#k::rpc::ClusterInvoke<::std::sync::Arc<#inv>>>);
         let codec = match svc.codec.as_deref() {
             Some("json") => quote!(.codec(#k::rpc::Codec::Json)),
             Some("msgpack") => quote!(.codec(#k::rpc::Codec::MsgPack)),
@@ -658,14 +672,14 @@ impl<'a> Render<'a> {
              [`Cluster`]({k}::rpc::Cluster) layer the client puts outermost.",
             k = "qsocket"
         );
-        let impl_params = quote!(#(#decl,)* I);
-        let impl_where = quote!(where I: #k::rpc::Invoke, #(#travel,)* #(#wheres,)*);
+        let impl_params = quote!(#(#decl,)* #inv);
+        let impl_where = quote!(where #inv: #k::rpc::Invoke, #(#travel,)* #(#wheres,)*);
         let client_generics = if params.is_empty() {
-            quote!(<I = #k::rpc::Channel>)
+            quote!(<#inv = #k::rpc::Channel>)
         } else {
-            quote!(<#(#params,)* I = #k::rpc::Channel>)
+            quote!(<#(#params,)* #inv = #k::rpc::Channel>)
         };
-        let client_args = quote!(<#(#params,)* I>);
+        let client_args = quote!(<#(#params,)* #inv>);
         let connect = if params.is_empty() {
             quote! {
                 impl #client {
@@ -688,7 +702,7 @@ impl<'a> Render<'a> {
                 __types: #phantom_ty,
             }
 
-            impl<#(#params,)* I> ::core::clone::Clone for #client #client_args {
+            impl<#(#params,)* #inv> ::core::clone::Clone for #client #client_args {
                 fn clone(&self) -> Self {
                     #client {
                         rpc: self.rpc.clone(),
@@ -699,7 +713,7 @@ impl<'a> Render<'a> {
                 }
             }
 
-            impl<#(#params,)* I> ::core::fmt::Debug for #client #client_args {
+            impl<#(#params,)* #inv> ::core::fmt::Debug for #client #client_args {
                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                     f.debug_struct(::core::stringify!(#client))
                         .field("service", &#module::SERVICE)
@@ -712,16 +726,16 @@ impl<'a> Render<'a> {
 
             impl<#impl_params> #client #client_args #impl_where {
                 /// A client calling over `rpc` (its connections and layers), with a
-                /// failfast-by-default [`Cluster`](#k::rpc::Cluster) layer outermost that
+                /// failfast-by-default [`Cluster`](qsocket::rpc::Cluster) layer outermost that
                 /// applies the methods' declared policies.
-                pub fn new(rpc: #k::rpc::RpcClient<I>) -> Self {
+                pub fn new(rpc: #k::rpc::RpcClient<#inv>) -> Self {
                     Self::with_cluster(rpc, #k::rpc::Cluster::default())
                 }
 
                 /// A client calling over `rpc` with `cluster` outermost: its settings per
                 /// service and method override the methods' declared policies, and its
                 /// counters and retry budget are shared with its clones.
-                pub fn with_cluster(rpc: #k::rpc::RpcClient<I>, cluster: #k::rpc::Cluster) -> Self {
+                pub fn with_cluster(rpc: #k::rpc::RpcClient<#inv>, cluster: #k::rpc::Cluster) -> Self {
                     #client {
                         rpc: rpc.layer(cluster.clone()),
                         cluster,
@@ -851,17 +865,19 @@ impl<'a> Render<'a> {
              [`CallContext`](qsocket::rpc::CallContext) as the current one, and its result is \
              encoded in the request's codec."
         );
-        let impl_params = quote!(#(#decl,)* S);
-        let impl_where = quote!(where S: #ident #targs, #(#travel,)* #(#wheres,)*);
-        let server_args = quote!(<#(#params,)* S>);
+        // The implementation's type parameter, named apart from the trait and its parameters.
+        let imp = self.free_param(&["S", "Svc", "Implementation"]);
+        let impl_params = quote!(#(#decl,)* #imp);
+        let impl_where = quote!(where #imp: #ident #targs, #(#travel,)* #(#wheres,)*);
+        let server_args = quote!(<#(#params,)* #imp>);
         quote! {
             #[doc = #doc]
             #vis struct #server #server_args {
-                inner: ::std::sync::Arc<S>,
+                inner: ::std::sync::Arc<#imp>,
                 __types: #phantom_ty,
             }
 
-            impl<#(#params,)* S> ::core::clone::Clone for #server #server_args {
+            impl<#(#params,)* #imp> ::core::clone::Clone for #server #server_args {
                 fn clone(&self) -> Self {
                     #server { inner: self.inner.clone(), __types: ::core::marker::PhantomData }
                 }
@@ -869,17 +885,17 @@ impl<'a> Render<'a> {
 
             impl<#impl_params> #server #server_args #impl_where {
                 /// Serves `service`.
-                pub fn new(service: S) -> Self {
+                pub fn new(service: #imp) -> Self {
                     Self::from_arc(::std::sync::Arc::new(service))
                 }
 
                 /// Serves a shared `service`.
-                pub fn from_arc(service: ::std::sync::Arc<S>) -> Self {
+                pub fn from_arc(service: ::std::sync::Arc<#imp>) -> Self {
                     #server { inner: service, __types: ::core::marker::PhantomData }
                 }
 
                 /// The implementation served.
-                pub fn get_ref(&self) -> &S {
+                pub fn get_ref(&self) -> &#imp {
                     &self.inner
                 }
 
@@ -898,7 +914,7 @@ impl<'a> Render<'a> {
                 }
             }
 
-            impl<#(#params,)* S> #k::rpc::NamedService for #server #server_args {
+            impl<#(#params,)* #imp> #k::rpc::NamedService for #server #server_args {
                 const NAME: &'static str = #module::SERVICE;
                 const VERSION: &'static str = #module::VERSION;
                 const GROUP: &'static str = #module::GROUP;
