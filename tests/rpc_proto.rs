@@ -241,3 +241,33 @@ fn messages_follow_the_proto3_json_mapping() {
     let line: Line = serde_json::from_str(r#"{"text": "t", "level": "LEVEL_WARN"}"#).expect("enum");
     assert_eq!(line.level, Level::Warn as i32);
 }
+
+/// Messages made by Python's `protobuf` package — protobuf, and proto3 JSON as its
+/// `json_format` writes it — decode on the server, and the replies decode in Python.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_protobuf_and_json_format_talk_to_the_server() {
+    let (_server, url) = serve(
+        Router::new().add_service(GreeterServer::new(Impl::default())),
+        "tcp",
+    )
+    .await;
+    let addr = url.trim_start_matches("tcp://");
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/proto_client.py");
+    let fds = concat!(env!("OUT_DIR"), "/demo.fds");
+    let out = within(
+        "python proto client",
+        tokio::process::Command::new("python3")
+            .args([script, host, port, fds])
+            .output(),
+    )
+    .await
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python proto client failed (scripts/test installs the protobuf package):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python proto client: ok"), "{stdout}");
+}

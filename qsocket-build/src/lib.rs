@@ -63,12 +63,21 @@ pub fn configure() -> Builder {
 pub struct Builder {
     out_dir: Option<PathBuf>,
     overrides: Vec<(String, Policy)>,
+    descriptor_set: Option<PathBuf>,
 }
 
 impl Builder {
     /// Where the generated files go (default: `OUT_DIR`, as Cargo sets it for build scripts).
     pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// Also writes the compiled files (with their imports and source info) as an encoded
+    /// `google.protobuf.FileDescriptorSet` to `path`: for reflection, or for another
+    /// language's protobuf library to build the same messages at run time.
+    pub fn file_descriptor_set_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.descriptor_set = Some(path.into());
         self
     }
 
@@ -114,6 +123,10 @@ impl Builder {
             if let Some(path) = f.path() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
+        }
+        if let Some(path) = &self.descriptor_set {
+            std::fs::write(path, compiler.encode_file_descriptor_set())
+                .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
         }
         let pool = compiler.descriptor_pool();
         let services = read_services(&pool, &self.overrides)?;
