@@ -90,7 +90,7 @@ fn hello(name: &str) -> HelloRequest {
 #[tokio::test]
 async fn every_method_over_each_transport_and_codec() {
     assert_eq!(greeter::SERVICE, "demo.greeter.Greeter");
-    assert_eq!(greeter::SAY_HELLO, "SayHello");
+    assert_eq!(greeter::methods::SAY_HELLO, "SayHello");
     assert_eq!(<GreeterServer<Impl> as NamedService>::VERSION, "1.0");
     for scheme in TRANSPORTS {
         let imp = Arc::new(Impl::default());

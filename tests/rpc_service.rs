@@ -157,7 +157,7 @@ async fn the_method_reads_its_context_and_names_are_constants() {
     assert_eq!(pinger::SERVICE, "rpc_service.Pinger");
     assert_eq!(greeter::SERVICE, "demo.Greeter");
     assert_eq!(greeter::VERSION, "1.0");
-    assert_eq!(greeter::WHOAMI, "WhoAmI");
+    assert_eq!(greeter::methods::WHOAMI, "WhoAmI");
     assert_eq!(<GreeterServer<Hello> as NamedService>::NAME, "demo.Greeter");
     let (_server, url) = serve(
         Router::new().add_service(GreeterServer::new(Hello::default())),
@@ -464,5 +464,108 @@ fn traits_named_s_and_i_get_other_parameter_names() {
         }
     }
     let _service: qsocket::rpc::Service = SServer::new(Imp).into();
-    assert_eq!(i::G, "g");
+    assert_eq!(i::methods::G, "g");
+}
+
+/// A user type named like the server's type parameter.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Svc(u32);
+
+/// Names that collide with what the macro generates, and the failsafe strategy.
+#[qsocket::service(name = "test.Awkward")]
+pub trait Match<V = String>
+where
+    Self: Sized,
+    V: Clone,
+{
+    /// Named like the names module's constants.
+    async fn version(&self) -> String;
+    /// Also.
+    async fn service(&self, call: u32, s: u32, ctx: u32, req: u32) -> u32;
+    /// Named like `Arc`'s and `Clone`'s method.
+    async fn clone(&self) -> u32;
+    /// A raw identifier: `type` on the wire.
+    async fn r#type(&self, v: V) -> V;
+    /// A user type named like a generated type parameter.
+    async fn wrap(&self, x: Svc) -> Svc;
+    /// Answers `unavailable`; failsafe turns that into `None`.
+    #[qsocket(strategy = "failsafe")]
+    async fn maybe(&self) -> Option<u32>;
+}
+
+struct Awkward;
+
+impl Match for Awkward {
+    async fn version(&self) -> String {
+        "v9".into()
+    }
+    async fn service(&self, call: u32, s: u32, ctx: u32, req: u32) -> u32 {
+        call + s + ctx + req
+    }
+    async fn clone(&self) -> u32 {
+        7
+    }
+    async fn r#type(&self, v: String) -> String {
+        v
+    }
+    async fn wrap(&self, x: Svc) -> Svc {
+        Svc(x.0 + 1)
+    }
+    async fn maybe(&self) -> Option<u32> {
+        Some(1)
+    }
+}
+
+/// The same service, down: every call fails.
+struct AwkwardDown;
+
+impl Match for AwkwardDown {
+    async fn version(&self) -> String {
+        String::new()
+    }
+    async fn service(&self, _: u32, _: u32, _: u32, _: u32) -> u32 {
+        0
+    }
+    async fn clone(&self) -> u32 {
+        0
+    }
+    async fn r#type(&self, v: String) -> String {
+        v
+    }
+    async fn wrap(&self, x: Svc) -> Svc {
+        x
+    }
+    async fn maybe(&self) -> Option<u32> {
+        // A panicking method is answered `internal`: the call fails.
+        panic!("down")
+    }
+}
+
+#[tokio::test]
+async fn names_that_collide_with_generated_ones_work() {
+    assert_eq!(r#match::methods::TYPE, "type");
+    assert_eq!(r#match::methods::VERSION, "version");
+    let (_server, url) = serve(Router::new().add_service(MatchServer::new(Awkward)), "tcp").await;
+    let rpc = RpcClient::connect(&url).await.expect("client");
+    let client: MatchClient<String> = MatchClient::new(rpc);
+    assert_eq!(client.version().await.expect("version"), "v9");
+    assert_eq!(client.service(1, 2, 3, 4).await.expect("service"), 10);
+    assert_eq!(MatchApi::clone(&client).await.expect("clone"), 7);
+    assert_eq!(client.r#type("t".into()).await.expect("type"), "t");
+    assert_eq!(client.wrap(Svc(1)).await.expect("wrap"), Svc(2));
+    assert_eq!(client.maybe().await.expect("maybe"), Some(1));
+
+    let (_down, url) = serve(
+        Router::new().add_service(MatchServer::new(AwkwardDown)),
+        "tcp",
+    )
+    .await;
+    let rpc = RpcClient::connect(&url).await.expect("client");
+    let client: MatchClient<String> = MatchClient::new(rpc);
+    assert_eq!(
+        client.maybe().await.expect("failsafe"),
+        None,
+        "a failed failsafe call is the empty result"
+    );
+    assert_eq!(client.cluster().counters().failsafe, 1);
 }

@@ -292,7 +292,8 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<(Method, Option<LitStr>)> {
     };
     let mut policy = Policy::default();
     let mut written = Written::default();
-    let mut name = sig.ident.to_string();
+    // `r#type` is `type` on the wire.
+    let mut name = syn::ext::IdentExt::unraw(&sig.ident).to_string();
     let mut rename = None;
     for attr in f.attrs.iter().filter(|a| a.path().is_ident("qsocket")) {
         let metas = attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated)?;
@@ -348,6 +349,13 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<(Method, Option<LitStr>)> {
         }
     }
     check_policy(&mut policy, &written, &sig.ident)?;
+    if policy.strategy.as_deref() == Some("failsafe") && !failsafe_output(&output) {
+        return Err(syn::Error::new_spanned(
+            &sig.output,
+            "a failsafe call that fails returns the empty result: declare it as `Option<T>` \
+             (None when the call failed) or return nothing",
+        ));
+    }
     if policy.oneway && !matches!(output, Output::Unit) {
         return Err(syn::Error::new_spanned(
             &sig.output,
@@ -533,6 +541,23 @@ impl Policy {
                 ),
             );
         }
+        if strategy == "failback" && !self.oneway {
+            return err(
+                PolicyField::Strategy,
+                "failback sends failed oneway calls again in the background: mark the method \
+                 `oneway`, or use failover"
+                    .into(),
+            );
+        }
+        if (strategy == "forking" || strategy == "hedging") && !self.idempotent {
+            return err(
+                PolicyField::Strategy,
+                format!(
+                    "{strategy} may run the method on several instances at once: mark it \
+                     `idempotent` (it is safe to run twice), or use failover"
+                ),
+            );
+        }
         if self.oneway
             && !["", "failfast", "failback", "failover", "failtry"].contains(&strategy.as_str())
         {
@@ -545,6 +570,21 @@ impl Policy {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether a failed failsafe call (an empty body) decodes as `output`: nothing, or an
+/// `Option` (`None`), alone or in a `Result`.
+fn failsafe_output(output: &Output) -> bool {
+    let is_option = |t: &Type| match t {
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Option"),
+        Type::Tuple(t) => t.elems.is_empty(),
+        _ => false,
+    };
+    match output {
+        Output::Unit => true,
+        Output::Value(t) => is_option(t),
+        Output::Result(r) => is_option(&r.0),
     }
 }
 
@@ -811,6 +851,36 @@ mod tests {
                     }
                 ),
                 "rename one",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        #[qsocket(strategy = "failsafe")]
+                        async fn f(&self) -> u32;
+                    }
+                ),
+                "declare it as `Option<T>`",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        #[qsocket(strategy = "failback")]
+                        async fn f(&self) -> u32;
+                    }
+                ),
+                "mark the method `oneway`",
+            ),
+            (
+                quote!(),
+                quote!(
+                    trait T {
+                        #[qsocket(hedge_ms = 5)]
+                        async fn f(&self) -> u32;
+                    }
+                ),
+                "mark it `idempotent`",
             ),
             (
                 quote!(codec = "xml"),

@@ -100,13 +100,19 @@ fn camel(ident: &Ident) -> String {
     out
 }
 
-/// `Greeter` → `greeter`, `KeyValue` → `key_value`.
+/// `Greeter` → `greeter`, `KeyValue` → `key_value`, `HTTPProxy` → `http_proxy`.
 fn snake(ident: &Ident) -> String {
     let s = ident.to_string();
+    let s = s.strip_prefix("r#").unwrap_or(&s);
+    let chars: Vec<char> = s.chars().collect();
     let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
+    for (i, &c) in chars.iter().enumerate() {
         if c.is_uppercase() {
-            if i > 0 {
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            let prev_upper = i > 0 && chars[i - 1].is_uppercase();
+            if i > 0 && (prev_lower || (prev_upper && next_lower)) && !out.ends_with('_') {
                 out.push('_');
             }
             out.extend(c.to_lowercase());
@@ -115,6 +121,19 @@ fn snake(ident: &Ident) -> String {
         }
     }
     out
+}
+
+/// Every identifier in `tokens`.
+fn idents_in(tokens: TokenStream, out: &mut std::collections::HashSet<String>) {
+    for t in tokens {
+        match t {
+            proc_macro2::TokenTree::Ident(i) => {
+                out.insert(i.to_string());
+            }
+            proc_macro2::TokenTree::Group(g) => idents_in(g.stream(), out),
+            _ => {}
+        }
+    }
 }
 
 fn doc_attrs(docs: &[String]) -> TokenStream {
@@ -163,7 +182,12 @@ impl<'a> Render<'a> {
     }
 
     fn module(&self) -> Ident {
-        format_ident!("{}", snake(&self.svc.ident))
+        let name = snake(&self.svc.ident);
+        // `trait Match` gets `mod r#match`.
+        match syn::parse_str::<Ident>(&name) {
+            Ok(id) => id,
+            Err(_) => Ident::new_raw(&name, proc_macro2::Span::call_site()),
+        }
     }
 
     fn method_const(m: &Method) -> Ident {
@@ -171,10 +195,6 @@ impl<'a> Render<'a> {
             "{}",
             snake(&format_ident!("{}", camel(&m.ident))).to_uppercase()
         )
-    }
-
-    fn policy_const(m: &Method) -> Ident {
-        format_ident!("{}_POLICY", Self::method_const(m))
     }
 
     fn args_struct(m: &Method) -> Ident {
@@ -279,7 +299,18 @@ impl<'a> Render<'a> {
         let svc = self.svc;
         let (vis, ident) = (&svc.vis, &svc.ident);
         let docs = doc_attrs(&svc.docs);
-        let params = self.declared_params();
+        // With their defaults (`V = String`): only the trait's own declaration may have them.
+        let params: Vec<TokenStream> = svc
+            .generics
+            .type_params()
+            .map(|t| {
+                let id = &t.ident;
+                let b = &t.bounds;
+                let bounds = if b.is_empty() { quote!() } else { quote!(: #b) };
+                let default = t.default.as_ref().map(|d| quote!(= #d));
+                quote!(#id #bounds #default)
+            })
+            .collect();
         let params = if params.is_empty() {
             quote!()
         } else {
@@ -342,22 +373,38 @@ impl<'a> Render<'a> {
                 pub const SERVICE: &str = #name;
             }
         };
-        let methods = svc.methods.iter().map(|m| {
+        let names = svc.methods.iter().map(|m| {
             let c = Self::method_const(m);
-            let pc = Self::policy_const(m);
             let name = &m.name;
             let doc = format!("The name of `{}` on the wire.", m.ident);
-            let pdoc = format!("The policy `{}` declares, if any.", m.ident);
-            let policy = self.policy_expr(&m.policy);
-            let args = self.args_item(m);
             quote! {
                 #[doc = #doc]
                 pub const #c: &str = #name;
-                #[doc = #pdoc]
-                pub const #pc: ::core::option::Option<#k::rpc::Policy> = #policy;
-                #args
             }
         });
+        let policies = svc.methods.iter().map(|m| {
+            let c = Self::method_const(m);
+            let doc = format!("The policy `{}` declares, if any.", m.ident);
+            let policy = self.policy_expr(&m.policy);
+            quote! {
+                #[doc = #doc]
+                pub const #c: ::core::option::Option<#k::rpc::Policy> = #policy;
+            }
+        });
+        let args = svc.methods.iter().map(|m| self.args_item(m));
+        let methods = quote! {
+            /// Each method's name on the wire.
+            pub mod methods {
+                #(#names)*
+            }
+            /// The policy each method declares (`None`: the client's cluster layer decides).
+            pub mod policies {
+                #[allow(unused_imports)]
+                use super::*;
+                #(#policies)*
+            }
+            #(#args)*
+        };
         let doc = format!(
             "Names, policies and argument messages of the [`{ident_str}`](super::{ident_str}) service."
         );
@@ -374,7 +421,7 @@ impl<'a> Render<'a> {
                 pub const VERSION: &str = #version;
                 /// The service's group (`""`: none given).
                 pub const GROUP: &str = #group;
-                #(#methods)*
+                #methods
             }
         }
     }
@@ -484,7 +531,16 @@ impl<'a> Render<'a> {
         }
         let params = self.declared_params();
         let travel = self.travel_bounds();
-        let wheres = self.where_preds();
+        // A free function has no `Self`.
+        let wheres: Vec<TokenStream> = self
+            .where_preds()
+            .into_iter()
+            .filter(|p| {
+                let mut ids = std::collections::HashSet::new();
+                idents_in(p.clone(), &mut ids);
+                !ids.contains("Self")
+            })
+            .collect();
         quote! {
             #[allow(dead_code, clippy::extra_unused_type_parameters)]
             fn __check_types<#(#params),*>() where #(#travel,)* #(#wheres,)* {
@@ -589,7 +645,7 @@ impl<'a> Render<'a> {
             let args = Self::arg_list(m);
             let out = self.client_output(m);
             let mc = Self::method_const(m);
-            let pc = Self::policy_const(m);
+            let pc = Self::method_const(m);
             let timeout = match m.policy.timeout_ms {
                 Some(ms) => quote!(.timeout(::core::time::Duration::from_millis(#ms))),
                 None => quote!(),
@@ -601,9 +657,9 @@ impl<'a> Render<'a> {
             };
             let policy = if m.policy.strategy.is_some() {
                 quote! {
-                    let call = match #module::#pc {
-                        ::core::option::Option::Some(p) => call.method_policy(p),
-                        ::core::option::Option::None => call,
+                    let __call = match #module::policies::#pc {
+                        ::core::option::Option::Some(__p) => __call.method_policy(__p),
+                        ::core::option::Option::None => __call,
                     };
                 }
             } else {
@@ -614,24 +670,24 @@ impl<'a> Render<'a> {
             // future is large, and each wrapper would copy it).
             let send = match (&m.output, self.mode) {
                 _ if m.policy.oneway => quote! {
-                    call.oneway::<#req_ty>(&#req_val)
+                    __call.oneway::<#req_ty>(&#req_val)
                 },
                 (Output::Unit, Mode::Serde) => quote! {
-                    call.call_map::<#req_ty, #k::rpc::Serde<()>, ()>(&#req_val, |_| ())
+                    __call.call_map::<#req_ty, #k::rpc::Serde<()>, ()>(&#req_val, |_| ())
                 },
                 (Output::Value(t), Mode::Serde) => quote! {
-                    call.call_map::<#req_ty, #k::rpc::Serde<#t>, #t>(&#req_val, |r| r.0)
+                    __call.call_map::<#req_ty, #k::rpc::Serde<#t>, #t>(&#req_val, |r| r.0)
                 },
                 (Output::Result(r), Mode::Serde) if is_status(&r.1) => {
                     let t = &r.0;
                     quote! {
-                        call.call_map::<#req_ty, #k::rpc::Serde<#t>, #t>(&#req_val, |r| r.0)
+                        __call.call_map::<#req_ty, #k::rpc::Serde<#t>, #t>(&#req_val, |r| r.0)
                     }
                 }
                 (Output::Result(r), Mode::Serde) => {
                     let (t, e) = (&r.0, &r.1);
                     quote! {
-                        call.call_map::<
+                        __call.call_map::<
                             #req_ty,
                             #k::rpc::Serde<::core::result::Result<#t, #e>>,
                             ::core::result::Result<#t, #e>,
@@ -639,15 +695,15 @@ impl<'a> Render<'a> {
                     }
                 }
                 (Output::Unit, Mode::Message) => quote! {
-                    call.call::<#req_ty, ()>(&#req_val)
+                    __call.call::<#req_ty, ()>(&#req_val)
                 },
                 (Output::Value(t), Mode::Message) => quote! {
-                    call.call::<#req_ty, #t>(&#req_val)
+                    __call.call::<#req_ty, #t>(&#req_val)
                 },
                 (Output::Result(r), Mode::Message) => {
                     let t = &r.0;
                     quote! {
-                        call.call::<#req_ty, #t>(&#req_val)
+                        __call.call::<#req_ty, #t>(&#req_val)
                     }
                 }
             };
@@ -655,11 +711,11 @@ impl<'a> Render<'a> {
                 fn #id(&self, #(#args),*)
                     -> impl ::core::future::Future<Output = #out> + ::core::marker::Send
                 {
-                    let call = self.rpc.request(#module::SERVICE, #module::#mc) #codec #timeout #idem;
+                    let __call = self.rpc.request(#module::SERVICE, #module::methods::#mc) #codec #timeout #idem;
                     #policy
-                    let call = match &self.config {
-                        ::core::option::Option::Some(c) => c.apply(call),
-                        ::core::option::Option::None => call,
+                    let __call = match &self.config {
+                        ::core::option::Option::Some(__c) => __c.apply(__call),
+                        ::core::option::Option::None => __call,
                     };
                     #send
                 }
@@ -727,7 +783,8 @@ impl<'a> Render<'a> {
             impl<#impl_params> #client #client_args #impl_where {
                 /// A client calling over `rpc` (its connections and layers), with a
                 /// failfast-by-default [`Cluster`](qsocket::rpc::Cluster) layer outermost that
-                /// applies the methods' declared policies.
+                /// applies the methods' declared policies. A `Cluster` already layered on
+                /// `rpc` only passes calls through: give it to `with_cluster` instead.
                 pub fn new(rpc: #k::rpc::RpcClient<#inv>) -> Self {
                     Self::with_cluster(rpc, #k::rpc::Cluster::default())
                 }
@@ -747,7 +804,7 @@ impl<'a> Render<'a> {
                 /// This client with `config` applied to each call (over the methods' own
                 /// timeout, codec and policy). The connections are shared.
                 pub fn with(&self, config: #k::rpc::CallConfig) -> Self {
-                    let mut c = self.clone();
+                    let mut c = ::core::clone::Clone::clone(self);
                     c.config = ::core::option::Option::Some(::std::sync::Arc::new(config));
                     c
                 }
@@ -805,6 +862,8 @@ impl<'a> Render<'a> {
             decl,
             phantom_ty,
         } = self.generated();
+        // The implementation's type parameter, named apart from the trait and its parameters.
+        let imp = self.free_param(&["S", "Svc", "Implementation"]);
         let regs = svc.methods.iter().map(|m| {
             let id = &m.ident;
             let mc = Self::method_const(m);
@@ -814,42 +873,45 @@ impl<'a> Render<'a> {
                     let name = Self::args_struct(m);
                     let fields: Vec<&Ident> = m.args.iter().map(|(id, _)| id).collect();
                     (
-                        quote!(let #module::#name { #(#fields,)* } = req.0;),
+                        quote!(let #module::#name { #(#fields,)* } = __req.0;),
                         quote!(#(#fields),*),
                     )
                 }
                 Mode::Message => match m.args.first() {
-                    Some(_) => (quote!(), quote!(req)),
-                    None => (quote!(let () = req;), quote!()),
+                    Some(_) => (quote!(), quote!(__req)),
+                    None => (quote!(let () = __req;), quote!()),
                 },
             };
+            // Called through the trait, so a method named like one of `Arc`'s (`clone`) is
+            // still the service's.
+            let invoke = quote!(<#imp as #ident #targs>::#id(&*__s, #call_args));
             let answer = match (&m.output, self.mode) {
                 (Output::Unit, Mode::Serde) => {
-                    quote!({ s.#id(#call_args).await; ::core::result::Result::Ok(#k::rpc::Serde(())) })
+                    quote!({ #invoke.await; ::core::result::Result::Ok(#k::rpc::Serde(())) })
                 }
                 (Output::Unit, Mode::Message) => {
-                    quote!({ s.#id(#call_args).await; ::core::result::Result::Ok(()) })
+                    quote!({ #invoke.await; ::core::result::Result::Ok(()) })
                 }
                 (Output::Value(_), Mode::Serde) => {
-                    quote!(::core::result::Result::Ok(#k::rpc::Serde(s.#id(#call_args).await)))
+                    quote!(::core::result::Result::Ok(#k::rpc::Serde(#invoke.await)))
                 }
                 (Output::Value(_), Mode::Message) => {
-                    quote!(::core::result::Result::Ok(s.#id(#call_args).await))
+                    quote!(::core::result::Result::Ok(#invoke.await))
                 }
                 (Output::Result(r), Mode::Serde) if is_status(&r.1) => {
-                    quote!(s.#id(#call_args).await.map(#k::rpc::Serde))
+                    quote!(#invoke.await.map(#k::rpc::Serde))
                 }
                 (Output::Result(_), Mode::Serde) => {
-                    quote!(::core::result::Result::Ok(#k::rpc::Serde(s.#id(#call_args).await)))
+                    quote!(::core::result::Result::Ok(#k::rpc::Serde(#invoke.await)))
                 }
-                (Output::Result(_), Mode::Message) => quote!(s.#id(#call_args).await),
+                (Output::Result(_), Mode::Message) => quote!(#invoke.await),
             };
             quote! {
-                .unary(#module::#mc, {
-                    let s = inner.clone();
-                    move |req: #req_ty, ctx: #k::rpc::CallContext| {
-                        let s = s.clone();
-                        ctx.scope(async move {
+                .unary(#module::methods::#mc, {
+                    let __s = __inner.clone();
+                    move |__req: #req_ty, __ctx: #k::rpc::CallContext| {
+                        let __s = __s.clone();
+                        __ctx.scope(async move {
                             #unpack
                             #answer
                         })
@@ -865,8 +927,6 @@ impl<'a> Render<'a> {
              [`CallContext`](qsocket::rpc::CallContext) as the current one, and its result is \
              encoded in the request's codec."
         );
-        // The implementation's type parameter, named apart from the trait and its parameters.
-        let imp = self.free_param(&["S", "Svc", "Implementation"]);
         let impl_params = quote!(#(#decl,)* #imp);
         let impl_where = quote!(where #imp: #ident #targs, #(#travel,)* #(#wheres,)*);
         let server_args = quote!(<#(#params,)* #imp>);
@@ -902,7 +962,7 @@ impl<'a> Render<'a> {
                 /// The router service: one handler per method.
                 pub fn into_service(self) -> #k::rpc::Service {
                     #checks
-                    let inner = self.inner;
+                    let __inner = self.inner;
                     #k::rpc::Service::new(#module::SERVICE)
                         #(#regs)*
                 }

@@ -62,18 +62,19 @@ use proc_macro::TokenStream;
 /// * **`trait Greeter`** itself, each `async fn` as
 ///   `fn …(&self, …) -> impl Future<Output = …> + Send`, with `Send + Sync + 'static` added to
 ///   its supertraits. Implement it with plain `async fn`s.
-/// * **`mod greeter`**: `SERVICE`, `VERSION`, `GROUP`, one constant per method with its wire
-///   name (`HELLO`, `ADD`, `LOG`), its declared policy (`HELLO_POLICY`:
-///   `Option<qsocket::rpc::Policy>`), and the struct its arguments travel in (`HelloArgs`, a
-///   map keyed by argument name).
+/// * **`mod greeter`**: `SERVICE`, `VERSION`, `GROUP`; `methods::HELLO` (each method's wire
+///   name), `policies::HELLO` (its declared policy, `Option<qsocket::rpc::Policy>`), and the
+///   struct each method's arguments travel in (`HelloArgs`, a map keyed by argument name).
 /// * **`trait GreeterApi`**: what a caller sees. Each method returns
 ///   `Result<T, Status>`; a method that returns `Result<T, MyError>` returns
 ///   `Result<Result<T, MyError>, Status>` (the outer `Status` is what the call met: no
 ///   connection, deadline…; the inner error is the service's). Implement it on a mock to test
 ///   code that calls the service, without a network.
 /// * **`struct GreeterClient<I = Channel>`**, which implements `GreeterApi`:
-///   `GreeterClient::connect(url)`, `GreeterClient::new(rpc_client)` (any
-///   `RpcClient<I>`, with its layers), `with_cluster(rpc_client, cluster)`, `with(CallConfig)`
+///   `GreeterClient::connect(url)` (traits without type parameters),
+///   `GreeterClient::new(rpc_client)` (any `RpcClient<I>`, with its layers; a `Cluster`
+///   layered on it only passes calls through: give it to `with_cluster(rpc_client, cluster)`
+///   instead), `with(CallConfig)`
 ///   (per-client settings over the methods' own: timeout, deadline, codec, metadata, policy,
 ///   hash key), `cluster()` (its counters) and `rpc()`. Each method is one call through the
 ///   pipeline; a `Cluster` layer outermost applies the declared policies.
@@ -89,9 +90,16 @@ use proc_macro::TokenStream;
 /// `"protobuf"`, for methods that take one prost message and return one).
 ///
 /// On a method, `#[qsocket(…)]`: `strategy` (`"failfast"`, `"failover"`, `"failtry"`,
-/// `"failsafe"`, `"failback"`, `"forking"`, `"hedging"`), `retries = N`, `timeout_ms = N` (the
-/// whole call's), `hedge_ms = N` (hedging after a fixed delay; without it, after the method's
-/// observed p95), `forks = N`, `oneway`, `idempotent`, `rename = "WireName"`.
+/// `"failsafe"`, `"failback"`, `"forking"`, `"hedging"`), `retries = N` (default: failover
+/// and failtry 2, failback 3, hedging 1), `timeout_ms = N` (the whole call's; for a oneway
+/// call, the time to get it sent), `hedge_ms = N` (hedging after a fixed delay; without it,
+/// after the method's observed p95), `forks = N` (default 2), `oneway`, `idempotent`,
+/// `rename = "WireName"`. Failback is for oneway methods, forking and hedging for idempotent
+/// ones, and a failsafe method returns `Option<T>` (`None` when the call failed) or nothing.
+///
+/// `version` and `group` are constants and what `NamedService` tells a registry; they are not
+/// sent with calls. The default name includes the crate's name: when client and server declare
+/// the trait in different crates, give a `name`.
 ///
 /// # Rules
 ///

@@ -95,12 +95,6 @@ impl CallContext {
         CURRENT.with(|c| c.borrow().clone())
     }
 
-    /// Runs `f` with the context of the call being served on this thread (see
-    /// [`current`](Self::current)), without cloning it.
-    pub fn with_current<R>(f: impl FnOnce(Option<&CallContext>) -> R) -> R {
-        CURRENT.with(|c| f(c.borrow().as_ref()))
-    }
-
     /// `fut`, with this context as [`current`](Self::current) while it is polled: what a
     /// generated server wraps each method call in.
     pub fn scope<F: Future>(self, fut: F) -> Scoped<F> {

@@ -515,7 +515,13 @@ impl Invoke for Channel {
             .as_secs()
             .saturating_mul(1000)
             .saturating_add(u64::from(remaining.subsec_nanos().div_ceil(1_000_000)));
-        let timeout_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        // Nobody waits for a oneway call: it carries no deadline, and its handler runs to the
+        // end (PROTOCOL.md, Deadlines).
+        let timeout_ms = if oneway {
+            0
+        } else {
+            u32::try_from(ms).unwrap_or(u32::MAX)
+        };
         let h = Header {
             kind: if oneway { kind::ONEWAY } else { kind::REQUEST },
             codec: req.codec.id(),
