@@ -114,8 +114,9 @@ fn overrides_reach_the_generated_code() {
         .expect("compiles");
     let code = std::fs::read_to_string(out.join("t.rs")).expect("t.rs");
     let code: String = code.split_whitespace().collect();
-    let f_policy = code
-        .split("pubconstF_POLICY")
+    let policies = code.split("pubmodpolicies").nth(1).unwrap_or_default();
+    let f_policy = policies
+        .split("pubconstF:")
         .nth(1)
         .and_then(|rest| rest.split(';').next())
         .unwrap_or_default();
@@ -123,7 +124,7 @@ fn overrides_reach_the_generated_code() {
         f_policy.contains("Some(::qsocket::rpc::Policy::failover(4u32).idempotent()"),
         "the method's strategy, the override's retries, the service override's idempotent: {f_policy}"
     );
-    assert!(code.contains("pubconstG_POLICY"), "{code}");
+    assert!(policies.contains("pubconstG:"), "{code}");
     assert!(
         code.contains("implserde::Serialize"),
         "proto3 JSON appended: {code}"
