@@ -338,15 +338,18 @@ impl<I: Invoke> ClusterInvoke<I> {
         r
     }
 
-    /// Failfast (no retries), failover and failtry.
-    async fn retrying(&self, req: &mut Request<'_>, p: &Policy) -> Result<Response, Status> {
+    /// Failover and failtry once the first attempt failed with `st`: tries again as the policy
+    /// says. Only failed calls get here (boxed by the caller, so a call that succeeds at once
+    /// carries none of this state).
+    async fn retrying(
+        &self,
+        req: &mut Request<'_>,
+        p: &Policy,
+        mut st: Status,
+    ) -> Result<Response, Status> {
         let idempotent = p.idempotent || req.options.idempotent;
         let mut tries = 0;
         loop {
-            let st = match self.attempt(req, p).await {
-                Ok(r) => return Ok(r),
-                Err(st) => st,
-            };
             if tries >= p.retries || !retryable(&st, idempotent) || Instant::now() >= req.deadline {
                 return Err(st);
             }
@@ -366,6 +369,10 @@ impl<I: Invoke> ClusterInvoke<I> {
                 }
             }
             tracing::debug!(service = req.service, method = req.method, status = %st, retry = tries, "retrying");
+            st = match self.attempt(req, p).await {
+                Ok(r) => return Ok(r),
+                Err(st) => st,
+            };
         }
     }
 
@@ -542,16 +549,21 @@ impl<I: Invoke> Invoke for ClusterInvoke<I> {
             return Box::pin(self.inner.invoke(req)).await;
         }
         req.clustered = true;
-        let mut p = self.policies.of(req.service, req.method, &req.options);
+        let p = self.policies.of(req.service, req.method, &req.options);
         self.state.budget.deposit();
         match p.strategy {
-            // One inline path for the common strategies (failfast is a failover without
-            // retries), so the call's future holds the inner invoker's state once.
+            // The common strategies try once inline (one await of the inner invoker, in this
+            // future's own state); only a failure that may be retried goes on, boxed.
             Strategy::Failfast | Strategy::Failover | Strategy::Failtry => {
-                if p.strategy == Strategy::Failfast {
-                    p.retries = 0;
+                let call_deadline = req.deadline;
+                bound(req, &p);
+                let r = self.inner.invoke(req).await;
+                req.deadline = call_deadline;
+                match r {
+                    Ok(r) => Ok(r),
+                    Err(st) if p.strategy == Strategy::Failfast || p.retries == 0 => Err(st),
+                    Err(st) => Box::pin(self.retrying(req, &p, st)).await,
                 }
-                self.retrying(req, &p).await
             }
             // The rest are boxed: they keep more state, which would otherwise make every
             // call's future larger.
