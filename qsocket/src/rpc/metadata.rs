@@ -4,6 +4,7 @@
 
 use super::frame::{put_metadata, Metadata};
 use super::status::Status;
+use bytes::Bytes;
 
 /// The metadata of one request or response, owned and editable (client layers add credentials,
 /// handlers add response entries). Keys are at most 255 bytes, values at most 65,535; the whole
@@ -19,22 +20,80 @@ use super::status::Status;
 /// md.remove("trace-id");
 /// assert!(md.is_empty());
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct MetadataMap {
-    wire: Vec<u8>,
+    wire: Wire,
 }
+
+/// A map's entries in wire form: its own, or a block shared by every map cloned from one
+/// [`shared`](MetadataMap::shared) map (copied on the first change).
+#[derive(Clone)]
+enum Wire {
+    Owned(Vec<u8>),
+    Shared(Bytes),
+}
+
+impl Default for Wire {
+    fn default() -> Self {
+        Wire::Owned(Vec::new())
+    }
+}
+
+impl PartialEq for MetadataMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_wire() == other.as_wire()
+    }
+}
+
+impl Eq for MetadataMap {}
 
 impl MetadataMap {
     /// An empty map (no allocation).
     pub const fn new() -> Self {
-        MetadataMap { wire: Vec::new() }
+        MetadataMap {
+            wire: Wire::Owned(Vec::new()),
+        }
     }
 
     /// A map holding a block in wire form; `None` if it is malformed.
     pub fn from_wire(block: &[u8]) -> Option<Self> {
         Metadata(block).is_valid().then(|| MetadataMap {
-            wire: block.to_vec(),
+            wire: Wire::Owned(block.to_vec()),
         })
+    }
+
+    /// This map, with its entries in a block its clones share: cloning it costs no
+    /// allocation (a clone that is changed copies the block first). For entries every call
+    /// carries, such as a client's credentials.
+    ///
+    /// ```
+    /// use qsocket::rpc::MetadataMap;
+    /// let mut md = MetadataMap::new();
+    /// md.insert("authorization", "Bearer t").unwrap();
+    /// let shared = md.shared();
+    /// let mut per_call = shared.clone(); // no allocation
+    /// per_call.insert("trace-id", "1").unwrap(); // copies, then adds
+    /// assert_eq!(shared.len(), 1);
+    /// assert_eq!(per_call.len(), 2);
+    /// ```
+    pub fn shared(self) -> Self {
+        match self.wire {
+            Wire::Owned(v) => MetadataMap {
+                wire: Wire::Shared(Bytes::from(v)),
+            },
+            shared => MetadataMap { wire: shared },
+        }
+    }
+
+    /// The block, owned and editable (a shared one is copied first).
+    fn owned(&mut self) -> &mut Vec<u8> {
+        if let Wire::Shared(b) = &self.wire {
+            self.wire = Wire::Owned(b.to_vec());
+        }
+        match &mut self.wire {
+            Wire::Owned(v) => v,
+            Wire::Shared(_) => unreachable!("made owned above"),
+        }
     }
 
     /// The value of `key`, if present.
@@ -57,13 +116,13 @@ impl MetadataMap {
     /// Makes room for `additional` more bytes of entries (each takes its key and value plus
     /// 3 bytes), so that inserting several costs one allocation.
     pub fn reserve(&mut self, additional: usize) {
-        self.wire.reserve(additional);
+        self.owned().reserve(additional);
     }
 
     /// Adds an entry even if `key` is already present (the first one is what [`get`](Self::get)
     /// finds).
     pub fn append(&mut self, key: &str, value: impl AsRef<[u8]>) -> Result<(), Status> {
-        put_metadata(&mut self.wire, key, value.as_ref())
+        put_metadata(self.owned(), key, value.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
@@ -72,7 +131,7 @@ impl MetadataMap {
         if self.get(key).is_none() {
             return false;
         }
-        let mut kept = Vec::with_capacity(self.wire.len());
+        let mut kept = Vec::with_capacity(self.as_wire().len());
         for (k, v) in self.view().iter() {
             if k != key.as_bytes() {
                 kept.push(k.len() as u8);
@@ -81,7 +140,7 @@ impl MetadataMap {
                 kept.extend_from_slice(v);
             }
         }
-        self.wire = kept;
+        self.wire = Wire::Owned(kept);
         true
     }
 
@@ -97,21 +156,27 @@ impl MetadataMap {
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.wire.is_empty()
+        self.as_wire().is_empty()
     }
 
-    /// Removes every entry, keeping the allocation.
+    /// Removes every entry, keeping the allocation (of a block of its own).
     pub fn clear(&mut self) {
-        self.wire.clear();
+        match &mut self.wire {
+            Wire::Owned(v) => v.clear(),
+            Wire::Shared(_) => self.wire = Wire::default(),
+        }
     }
 
     /// The entries in wire form (`[u8 key length][key][u16 value length][value]`…).
     pub fn as_wire(&self) -> &[u8] {
-        &self.wire
+        match &self.wire {
+            Wire::Owned(v) => v,
+            Wire::Shared(b) => b,
+        }
     }
 
     fn view(&self) -> Metadata<'_> {
-        Metadata(&self.wire)
+        Metadata(self.as_wire())
     }
 }
 

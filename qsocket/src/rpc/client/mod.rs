@@ -673,7 +673,9 @@ pub struct CallConfig {
     timeout: Option<Duration>,
     deadline: Option<Instant>,
     codec: Option<Codec>,
-    metadata: Vec<(String, Vec<u8>)>,
+    /// Entries for every call, in a block the calls share (no allocation per call).
+    metadata: MetadataMap,
+    metadata_error: Option<Status>,
     policy: Option<Policy>,
     hash_key: Option<Vec<u8>>,
     wait_for_connection: bool,
@@ -705,8 +707,11 @@ impl CallConfig {
 
     /// A metadata entry sent with every call.
     pub fn metadata(mut self, key: &str, value: impl AsRef<[u8]>) -> Self {
-        self.metadata
-            .push((key.to_string(), value.as_ref().to_vec()));
+        let mut map = std::mem::take(&mut self.metadata);
+        if let Err(e) = map.insert(key, value) {
+            self.metadata_error = Some(e);
+        }
+        self.metadata = map.shared();
         self
     }
 
@@ -739,8 +744,15 @@ impl CallConfig {
         if let Some(c) = self.codec {
             call = call.codec(c);
         }
-        for (k, v) in &self.metadata {
-            call = call.metadata(k, v);
+        if let Some(e) = &self.metadata_error {
+            call.metadata_error = Some(e.clone());
+        } else if call.metadata.is_empty() {
+            call.metadata = self.metadata.clone();
+        } else {
+            for (k, v) in self.metadata.iter() {
+                let k = String::from_utf8_lossy(k);
+                call = call.metadata(&k, v);
+            }
         }
         if let Some(p) = self.policy {
             call = call.policy(p);
