@@ -327,30 +327,40 @@ impl fmt::Debug for CallContext {
 
 /// A value that can be stored in [`Extensions`]: any `Clone + Send + Sync + 'static` type.
 trait Extension: Any + Send + Sync {
-    fn clone_box(&self) -> Box<dyn Extension>;
+    /// A copy of the value, shared no more (for a change to a value other clones share).
+    fn clone_arc(&self) -> Arc<dyn Extension>;
 }
 
 impl<T: Any + Send + Sync + Clone> Extension for T {
-    fn clone_box(&self) -> Box<dyn Extension> {
-        Box::new(self.clone())
+    fn clone_arc(&self) -> Arc<dyn Extension> {
+        Arc::new(self.clone())
     }
 }
 
-impl Clone for Box<dyn Extension> {
-    fn clone(&self) -> Self {
-        (**self).clone_box()
-    }
+/// One value and its type.
+type Entry = (TypeId, Arc<dyn Extension>);
+
+/// `T` out of an entry's value: taken if no one else holds it, else cloned.
+fn unwrap_entry<T: Clone + Send + Sync + 'static>(v: Arc<dyn Extension>) -> Option<T> {
+    let any: Arc<dyn Any + Send + Sync> = v;
+    let v = any.downcast::<T>().ok()?;
+    Some(Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()))
 }
 
 /// Typed values attached to one call, at most one per type: what a server layer found out
 /// (an authenticated identity, a tenant, a trace span) for the handler and later layers.
 ///
-/// An empty set allocates nothing; values are kept in a short list searched by type (calls
-/// carry a handful). Values must be `Clone` because a [`CallContext`] is (an
-/// [`Admit::Wait`](super::Admit::Wait) layer works on a clone).
+/// An empty set allocates nothing, and the first value is kept without a list; values are
+/// searched by type (calls carry a handful). A value given shared ([`insert_arc`]) is
+/// attached without a copy or an allocation. Values are `Clone` because a [`CallContext`]
+/// is (an [`Admit::Wait`](super::Admit::Wait) layer works on a clone); clones share them
+/// until one changes.
+///
+/// [`insert_arc`]: Self::insert_arc
 ///
 /// ```
 /// use qsocket::rpc::Extensions;
+/// use std::sync::Arc;
 /// #[derive(Clone, Debug, PartialEq)]
 /// struct User(String);
 /// let mut ext = Extensions::new();
@@ -359,76 +369,114 @@ impl Clone for Box<dyn Extension> {
 /// ext.get_mut::<User>().unwrap().0.push_str("!");
 /// assert_eq!(ext.remove::<User>(), Some(User("ada!".into())));
 /// assert!(ext.is_empty());
+/// ext.insert_arc(Arc::new(User("bob".into()))); // shared, not copied
+/// assert_eq!(ext.get::<User>(), Some(&User("bob".into())));
 /// ```
 #[derive(Clone, Default)]
 pub struct Extensions {
-    entries: Vec<(TypeId, Box<dyn Extension>)>,
+    first: Option<Entry>,
+    rest: Vec<Entry>,
 }
 
 impl Extensions {
     /// An empty set (no allocation).
     pub const fn new() -> Self {
         Extensions {
-            entries: Vec::new(),
+            first: None,
+            rest: Vec::new(),
         }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.first.iter_mut().chain(self.rest.iter_mut())
+    }
+
+    /// Stores `value` under its type; the value it replaces.
+    fn put(&mut self, id: TypeId, value: Arc<dyn Extension>) -> Option<Arc<dyn Extension>> {
+        if let Some(slot) = self.entries_mut().find(|(t, _)| *t == id) {
+            return Some(std::mem::replace(&mut slot.1, value));
+        }
+        if self.first.is_none() {
+            self.first = Some((id, value));
+        } else {
+            self.rest.push((id, value));
+        }
+        None
     }
 
     /// Stores `value`, returning the previous value of type `T`.
     pub fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) -> Option<T> {
-        let id = TypeId::of::<T>();
-        let boxed: Box<dyn Extension> = Box::new(value);
-        if let Some(slot) = self.entries.iter_mut().find(|(t, _)| *t == id) {
-            let old = std::mem::replace(&mut slot.1, boxed);
-            let old: Box<dyn Any> = old;
-            return old.downcast::<T>().ok().map(|b| *b);
-        }
-        self.entries.push((id, boxed));
-        None
+        self.put(TypeId::of::<T>(), Arc::new(value))
+            .and_then(unwrap_entry::<T>)
+    }
+
+    /// Stores a shared value of type `T` as it is (no copy, no allocation), returning the
+    /// previous value of type `T`. [`get`](Self::get)`::<T>()` finds it.
+    pub fn insert_arc<T: Clone + Send + Sync + 'static>(&mut self, value: Arc<T>) -> Option<T> {
+        self.put(TypeId::of::<T>(), value)
+            .and_then(unwrap_entry::<T>)
     }
 
     /// The value of type `T`, if present.
     pub fn get<T: 'static>(&self) -> Option<&T> {
         let id = TypeId::of::<T>();
-        let (_, v) = self.entries.iter().find(|(t, _)| *t == id)?;
+        let (_, v) = self.entries().find(|(t, _)| *t == id)?;
         let v: &dyn Any = &**v;
         v.downcast_ref::<T>()
     }
 
-    /// The value of type `T`, mutable, if present.
+    /// The value of type `T`, mutable, if present (a value other clones share is copied
+    /// first).
     pub fn get_mut<T: 'static>(&mut self) -> Option<&mut T> {
         let id = TypeId::of::<T>();
-        let (_, v) = self.entries.iter_mut().find(|(t, _)| *t == id)?;
-        let v: &mut dyn Any = &mut **v;
+        let (_, v) = self.entries_mut().find(|(t, _)| *t == id)?;
+        if Arc::get_mut(v).is_none() {
+            *v = (**v).clone_arc();
+        }
+        let v: &mut dyn Any = Arc::get_mut(v)?;
         v.downcast_mut::<T>()
     }
 
     /// Removes and returns the value of type `T`.
-    pub fn remove<T: 'static>(&mut self) -> Option<T> {
+    pub fn remove<T: Clone + Send + Sync + 'static>(&mut self) -> Option<T> {
         let id = TypeId::of::<T>();
-        let i = self.entries.iter().position(|(t, _)| *t == id)?;
-        let v: Box<dyn Any> = self.entries.swap_remove(i).1;
-        v.downcast::<T>().ok().map(|b| *b)
+        let v = if self.first.as_ref().is_some_and(|(t, _)| *t == id) {
+            let v = self.first.take().map(|(_, v)| v);
+            if !self.rest.is_empty() {
+                self.first = Some(self.rest.swap_remove(0));
+            }
+            v
+        } else {
+            let i = self.rest.iter().position(|(t, _)| *t == id)?;
+            Some(self.rest.swap_remove(i).1)
+        };
+        v.and_then(unwrap_entry::<T>)
     }
 
     /// Whether a value of type `T` is present.
     pub fn contains<T: 'static>(&self) -> bool {
         let id = TypeId::of::<T>();
-        self.entries.iter().any(|(t, _)| *t == id)
+        self.entries().any(|(t, _)| *t == id)
     }
 
     /// How many values there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().count()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.first.is_none()
     }
 
     /// Removes every value.
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.first = None;
+        self.rest.clear();
     }
 }
 
@@ -436,7 +484,7 @@ impl Extensions {
 impl fmt::Debug for Extensions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Extensions")
-            .field("len", &self.entries.len())
+            .field("len", &self.len())
             .finish()
     }
 }
