@@ -30,6 +30,7 @@ pub mod frame;
 mod instance;
 pub mod json;
 mod metadata;
+mod policy;
 mod server;
 mod stats;
 mod status;

@@ -26,12 +26,12 @@ pub use request::{CallOptions, Request, Response};
 pub use tower::{FromTower, TowerInner, TowerLayer, TowerRequest, TowerResponse};
 
 use super::balance::{hash_key, Balancer, Breaker, RoundRobin};
-use super::cluster::Policy;
 use super::codec::{unspoken, Codec, Message};
 use super::context::current_deadline;
 use super::frame::Limits;
 use super::instance::{Instance, InstanceSource, StaticInstances};
 use super::metadata::{MetadataMap, Reply};
+use super::policy::Policy;
 use super::status::{Sent, Status};
 use crate::session::SessionConfig;
 use crate::Error;

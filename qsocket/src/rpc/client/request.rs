@@ -2,9 +2,9 @@
 //! front has encoded the message, before the transport frames it.
 
 use super::super::balance::Node;
-use super::super::cluster::Policy;
 use super::super::codec::Codec;
 use super::super::metadata::MetadataMap;
+use super::super::policy::Policy;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;

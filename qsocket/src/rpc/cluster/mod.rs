@@ -11,10 +11,9 @@
 //! [`Channel`]: crate::rpc::Channel
 
 mod budget;
-mod policy;
 
+pub use super::policy::{HedgeDelay, Policy, Strategy};
 pub use budget::RetryBudget;
-pub use policy::{HedgeDelay, Policy, Strategy};
 
 use super::balance::Node;
 use super::client::{CallOptions, ClientLayer, Invoke, Request, Response, Spread};

@@ -1,4 +1,5 @@
-//! What a call's cluster policy says: the [`Strategy`] and its numbers.
+//! What a call's cluster policy says: the [`Strategy`] and its numbers. Plain data, below
+//! both the client (a call carries its policy) and the cluster layer (which applies it).
 
 use std::time::Duration;
 
