@@ -7,10 +7,14 @@
 //!   [`EventListener`](session::EventListener) with open / message / cron / error / close events,
 //!   pluggable framing through `tokio_util::codec`, heartbeats and idle timeouts, a
 //!   [`Server`](session::Server) and a reconnecting [`Client`](session::Client).
-//! * [`rpc`] — calls over the same transports: one frame format (`PROTOCOL.md`), protobuf and
-//!   JSON bodies, a multiplexed [`RpcClient`](rpc::RpcClient) with deadlines and cancellation,
-//!   an [`RpcServer`](rpc::RpcServer) that runs requests concurrently, typed
-//!   [`Status`](rpc::Status) codes.
+//! * [`rpc`] — calls over the same transports: one frame format (`PROTOCOL.md`), protobuf, JSON
+//!   and MessagePack bodies, a multiplexed [`RpcClient`](rpc::RpcClient) with deadlines,
+//!   cancellation, client layers, balancers and cluster strategies, an
+//!   [`RpcServer`](rpc::RpcServer) that runs requests concurrently behind server layers, typed
+//!   [`Status`] codes, statistics and auth.
+//! * [`service`] — a trait annotated `#[qsocket::service]` becomes a typed client, a client
+//!   trait for mocks and a server dispatcher; `qsocket-build` makes the same from `.proto`
+//!   files ([`include_proto!`]).
 //! * `micro` (service discovery) builds on both (see the README's roadmap).
 //!
 //! ```no_run
