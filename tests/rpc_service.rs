@@ -569,3 +569,36 @@ async fn names_that_collide_with_generated_ones_work() {
     );
     assert_eq!(client.cluster().counters().failsafe, 1);
 }
+
+/// Attributes on a method pass through: a `cfg` to everything generated for it.
+#[qsocket::service(name = "test.Attrs")]
+pub trait Attrs {
+    /// Always there.
+    async fn kept(&self) -> u32;
+    /// Compiled out: no trait method, client method, name or handler.
+    #[cfg(any())]
+    async fn gone(&self) -> u32;
+    /// Deprecated, and still served.
+    #[deprecated(note = "use kept")]
+    async fn old(&self) -> u32;
+}
+
+#[tokio::test]
+#[allow(deprecated)]
+async fn method_attributes_pass_through() {
+    struct Imp;
+    impl Attrs for Imp {
+        async fn kept(&self) -> u32 {
+            1
+        }
+        async fn old(&self) -> u32 {
+            2
+        }
+    }
+    let service: qsocket::rpc::Service = AttrsServer::new(Imp).into();
+    assert_eq!(service.methods().collect::<Vec<_>>(), ["kept", "old"]);
+    let (_server, url) = serve(Router::new().add_service(service), "tcp").await;
+    let client = AttrsClient::connect(&url).await.expect("client");
+    assert_eq!(client.kept().await.expect("kept"), 1);
+    assert_eq!(client.old().await.expect("old"), 2);
+}

@@ -401,6 +401,7 @@ impl Generator {
                 output,
                 policy,
                 docs: m.comments.leading.clone(),
+                attrs: Vec::new(),
             });
         }
         let svc = qsocket_codegen::Service {

@@ -63,6 +63,9 @@ pub struct Method {
     pub policy: Policy,
     /// Doc comments, one string a line.
     pub docs: Vec<String>,
+    /// Its other attributes (`#[cfg]`, `#[deprecated]`, `#[allow]`…): a `cfg` applies to
+    /// everything generated for the method, the rest to its declarations.
+    pub attrs: Vec<Attribute>,
 }
 
 /// What a method returns.
@@ -369,6 +372,12 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<(Method, Option<LitStr>)> {
         output,
         policy,
         docs: docs(&f.attrs),
+        attrs: f
+            .attrs
+            .iter()
+            .filter(|a| !a.path().is_ident("doc") && !a.path().is_ident("qsocket"))
+            .cloned()
+            .collect(),
     };
     Ok((method, rename))
 }

@@ -136,6 +136,18 @@ fn idents_in(tokens: TokenStream, out: &mut std::collections::HashSet<String>) {
     }
 }
 
+/// A method's `#[cfg]` attributes: what applies to everything generated for it.
+fn cfgs(m: &Method) -> TokenStream {
+    let c = m.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+    quote!(#(#c)*)
+}
+
+/// All of a method's other attributes: for its declarations in the traits.
+fn decl_attrs(m: &Method) -> TokenStream {
+    let a = &m.attrs;
+    quote!(#(#a)*)
+}
+
 fn doc_attrs(docs: &[String]) -> TokenStream {
     quote! { #( #[doc = #docs] )* }
 }
@@ -325,11 +337,13 @@ impl<'a> Render<'a> {
         let wheres = self.where_preds();
         let methods = svc.methods.iter().map(|m| {
             let docs = doc_attrs(&m.docs);
+            let attrs = decl_attrs(m);
             let id = &m.ident;
             let args = Self::arg_list(m);
             let out = Self::server_output(m);
             quote! {
                 #docs
+                #attrs
                 fn #id(&self, #(#args),*)
                     -> impl ::core::future::Future<Output = #out> + ::core::marker::Send;
             }
@@ -377,8 +391,10 @@ impl<'a> Render<'a> {
             let c = Self::method_const(m);
             let name = &m.name;
             let doc = format!("The name of `{}` on the wire.", m.ident);
+            let cfg = cfgs(m);
             quote! {
                 #[doc = #doc]
+                #cfg
                 pub const #c: &str = #name;
             }
         });
@@ -386,8 +402,10 @@ impl<'a> Render<'a> {
             let c = Self::method_const(m);
             let doc = format!("The policy `{}` declares, if any.", m.ident);
             let policy = self.policy_expr(&m.policy);
+            let cfg = cfgs(m);
             quote! {
                 #[doc = #doc]
+                #cfg
                 pub const #c: ::core::option::Option<#k::rpc::Policy> = #policy;
             }
         });
@@ -498,8 +516,10 @@ impl<'a> Render<'a> {
             .map(|p| format!("{p}: {krate_str}::__private::Travels"))
             .collect();
         let bound = bound.join(", ");
+        let cfg = cfgs(m);
         quote! {
             #[doc = #doc]
+            #cfg
             #[derive(#k::__private::serde::Serialize, #k::__private::serde::Deserialize)]
             #[serde(crate = #serde_path, bound(serialize = #bound, deserialize = #bound))]
             pub struct #name<#(#params),*> {
@@ -525,8 +545,9 @@ impl<'a> Render<'a> {
                     }
                 }
             }
+            let cfg = cfgs(m);
             for t in tys {
-                checks.push(quote_spanned! {t.span()=> __travels::<#t>();});
+                checks.push(quote_spanned! {t.span()=> #cfg __travels::<#t>();});
             }
         }
         let params = self.declared_params();
@@ -590,11 +611,13 @@ impl<'a> Render<'a> {
         let wheres = self.where_preds();
         let methods = svc.methods.iter().map(|m| {
             let docs = doc_attrs(&m.docs);
+            let attrs = decl_attrs(m);
             let id = &m.ident;
             let args = Self::arg_list(m);
             let out = self.client_output(m);
             quote! {
                 #docs
+                #attrs
                 fn #id(&self, #(#args),*)
                     -> impl ::core::future::Future<Output = #out> + ::core::marker::Send;
             }
@@ -707,7 +730,9 @@ impl<'a> Render<'a> {
                     }
                 }
             };
+            let cfg = cfgs(m);
             quote! {
+                #cfg
                 fn #id(&self, #(#args),*)
                     -> impl ::core::future::Future<Output = #out> + ::core::marker::Send
                 {
@@ -906,8 +931,10 @@ impl<'a> Render<'a> {
                 }
                 (Output::Result(_), Mode::Message) => quote!(#invoke.await),
             };
+            let cfg = cfgs(m);
             quote! {
-                .unary(#module::methods::#mc, {
+                #cfg
+                let __service = __service.unary(#module::methods::#mc, {
                     let __s = __inner.clone();
                     move |__req: #req_ty, __ctx: #k::rpc::CallContext| {
                         let __s = __s.clone();
@@ -916,7 +943,7 @@ impl<'a> Render<'a> {
                             #answer
                         })
                     }
-                })
+                });
             }
         });
         let checks = self.type_checks();
@@ -960,11 +987,14 @@ impl<'a> Render<'a> {
                 }
 
                 /// The router service: one handler per method.
+                // A deprecated method is still served.
+                #[allow(deprecated)]
                 pub fn into_service(self) -> #k::rpc::Service {
                     #checks
                     let __inner = self.inner;
-                    #k::rpc::Service::new(#module::SERVICE)
-                        #(#regs)*
+                    let __service = #k::rpc::Service::new(#module::SERVICE);
+                    #(#regs)*
+                    __service
                 }
             }
 
