@@ -570,8 +570,9 @@ async fn names_that_collide_with_generated_ones_work() {
     assert_eq!(client.cluster().counters().failsafe, 1);
 }
 
-/// Attributes on a method pass through: a `cfg` to everything generated for it.
-#[qsocket::service(name = "test.Attrs")]
+/// Attributes on a method pass through: a `cfg` to everything generated for it. The names
+/// module is named by `module`.
+#[qsocket::service(name = "test.Attrs", module = "attrs_names")]
 pub trait Attrs {
     /// Always there.
     async fn kept(&self) -> u32;
@@ -597,6 +598,7 @@ async fn method_attributes_pass_through() {
     }
     let service: qsocket::rpc::Service = AttrsServer::new(Imp).into();
     assert_eq!(service.methods().collect::<Vec<_>>(), ["kept", "old"]);
+    assert_eq!(attrs_names::SERVICE, "test.Attrs");
     let (_server, url) = serve(Router::new().add_service(service), "tcp").await;
     let client = AttrsClient::connect(&url).await.expect("client");
     assert_eq!(client.kept().await.expect("kept"), 1);

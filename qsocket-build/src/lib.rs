@@ -414,6 +414,7 @@ impl Generator {
             version: info.version,
             group: info.group,
             codec: Some("protobuf".into()),
+            module: None,
             methods,
             docs: service.comments.leading.clone(),
         };

@@ -42,6 +42,9 @@ pub struct Service {
     pub group: Option<String>,
     /// `codec = "…"` (`"msgpack"`, `"json"`, `"protobuf"`), if given.
     pub codec: Option<String>,
+    /// `module = "…"`: the name of the generated names module (default: the trait's name in
+    /// snake case).
+    pub module: Option<Ident>,
     /// The methods, in declaration order.
     pub methods: Vec<Method>,
     /// Doc comments, one string a line.
@@ -116,6 +119,7 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
         version: None,
         group: None,
         codec: None,
+        module: None,
         methods: Vec::new(),
         docs: docs(&item.attrs),
     };
@@ -126,6 +130,18 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
             "name" => {
                 svc.name = string_value(&meta)?;
                 svc.name_from_path = false;
+            }
+            "module" => {
+                let lit = string_lit(&meta)?;
+                match syn::parse_str::<Ident>(&lit.value()) {
+                    Ok(id) => svc.module = Some(id),
+                    Err(_) => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "`module` names the generated module: a Rust identifier",
+                        ))
+                    }
+                }
             }
             "version" => svc.version = Some(string_value(&meta)?),
             "group" => svc.group = Some(string_value(&meta)?),
@@ -144,7 +160,7 @@ pub fn parse_trait(args: TokenStream, item: &ItemTrait) -> syn::Result<Service> 
                 return Err(syn::Error::new(
                     meta.path().span(),
                     format!(
-                        "unknown service attribute `{other}`: {}use name, version, group or codec",
+                        "unknown service attribute `{other}`: {}use name, version, group, codec or module",
                         did_you_mean(other, &SERVICE_ATTRIBUTES)
                     ),
                 ))
@@ -383,7 +399,7 @@ fn method(f: &syn::TraitItemFn) -> syn::Result<(Method, Option<LitStr>)> {
 }
 
 /// The attributes `#[qsocket::service(…)]` reads.
-const SERVICE_ATTRIBUTES: [&str; 4] = ["name", "version", "group", "codec"];
+const SERVICE_ATTRIBUTES: [&str; 5] = ["name", "version", "group", "codec", "module"];
 
 /// The attributes `#[qsocket(…)]` on a method reads.
 const METHOD_ATTRIBUTES: [&str; 8] = [

@@ -194,6 +194,9 @@ impl<'a> Render<'a> {
     }
 
     fn module(&self) -> Ident {
+        if let Some(m) = &self.svc.module {
+            return m.clone();
+        }
         let name = snake(&self.svc.ident);
         // `trait Match` gets `mod r#match`.
         match syn::parse_str::<Ident>(&name) {

@@ -87,7 +87,8 @@ use proc_macro::TokenStream;
 ///
 /// On the trait: `name = "pkg.Service"` (default: the module path with `.` for `::`, then the
 /// trait's name), `version`, `group`, `codec` (`"msgpack"`, the default; `"json"`; or
-/// `"protobuf"`, for methods that take one prost message and return one).
+/// `"protobuf"`, for methods that take one prost message and return one), `module` (the
+/// generated names module's name, when the default is taken).
 ///
 /// On a method, `#[qsocket(…)]`: `strategy` (`"failfast"`, `"failover"`, `"failtry"`,
 /// `"failsafe"`, `"failback"`, `"forking"`, `"hedging"`), `retries = N` (default: failover
