@@ -23,7 +23,8 @@
 //! (`GreeterServer`) and the names module (`greeter`). The crate needs `prost`, `serde`,
 //! `pbjson` and `pbjson-types` (well-known types) as dependencies.
 //!
-//! Policies come from qsocket's own options (`idl/qsocket/options.proto`): per method
+//! Policies come from qsocket's own options (`idl/qsocket/options.proto`, built in: a
+//! `.proto` imports `"qsocket/options.proto"` without it on the include path): per method
 //! `option (qsocket.method) = { strategy: "failover" retries: 2 }`, per service
 //! `option (qsocket.service) = { version: "1.0" defaults: { timeout_ms: 500 } }`; the builder
 //! can override them ([`Builder::policy`]). A `.proto` that does not compile, an unknown
@@ -113,8 +114,15 @@ impl Builder {
                     Error("OUT_DIR is not set: call this from build.rs, or set out_dir".into())
                 })?,
         };
-        let includes: Vec<&Path> = includes.iter().map(AsRef::as_ref).collect();
-        let mut compiler = protox::Compiler::new(&includes).map_err(located)?;
+        use protox::file::{ChainFileResolver, GoogleFileResolver, IncludeFileResolver};
+        let mut resolver = ChainFileResolver::new();
+        for include in includes {
+            resolver.add(IncludeFileResolver::new(include.as_ref().to_path_buf()));
+        }
+        // `import "qsocket/options.proto";` works without the file on the include path.
+        resolver.add(QsocketOptions);
+        resolver.add(GoogleFileResolver::new());
+        let mut compiler = protox::Compiler::with_file_resolver(resolver);
         compiler.include_imports(true).include_source_info(true);
         for p in protos {
             compiler.open_file(p.as_ref()).map_err(located)?;
@@ -175,6 +183,22 @@ impl Builder {
         .try_for_each(|(_, mut w)| w.flush())
         .map_err(|e| Error(format!("writing {}: {e}", out_dir.display())))?;
         Ok(())
+    }
+}
+
+/// qsocket's own options (`idl/qsocket/options.proto`), built in.
+const OPTIONS_PROTO: &str = include_str!("../../idl/qsocket/options.proto");
+
+/// Resolves `qsocket/options.proto` to the built-in copy.
+struct QsocketOptions;
+
+impl protox::file::FileResolver for QsocketOptions {
+    fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+        if name == "qsocket/options.proto" {
+            protox::file::File::from_source(name, OPTIONS_PROTO)
+        } else {
+            Err(protox::Error::file_not_found(name))
+        }
     }
 }
 
