@@ -26,7 +26,7 @@ fn compile(name: &str, text: &str) -> Result<PathBuf, String> {
     qsocket_build::configure()
         .out_dir(&out)
         // qsocket/options.proto is built in: no include path for it.
-        .compile(&[src.join("svc.proto")], &[src.clone()])
+        .compile(&[src.join("svc.proto")], std::slice::from_ref(&src))
         .map(|()| out)
         .map_err(|e| e.to_string())
 }
