@@ -1,7 +1,7 @@
 //! The test service of the rpc tests.
 #![allow(dead_code)]
 
-use qsocket::rpc::{CallContext, Router, Service, Status};
+use qsocket::rpc::{CallContext, Router, RpcClient, RpcServer, Service, Status};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,4 +106,30 @@ pub fn msg(text: &str) -> Msg {
     Msg {
         text: text.to_string(),
     }
+}
+
+/// The transports the generated-service tests run over.
+pub const TRANSPORTS: [&str; 3] = ["tcp", "udp", "ws"];
+
+/// Starts a server of `router` on `scheme`, 127.0.0.1, port 0; returns it and its URL.
+pub async fn serve(router: Router, scheme: &str) -> (RpcServer, String) {
+    let path = if scheme == "ws" { "/rpc" } else { "" };
+    let server = RpcServer::builder(router)
+        .bind(&format!("{scheme}://127.0.0.1:0{path}"))
+        .start()
+        .await
+        .expect("server starts");
+    let url = server.local_endpoints()[0].to_string();
+    (server, url)
+}
+
+/// A client of the instances at `urls`, once some instance is connected.
+pub async fn connected(urls: &[&str]) -> RpcClient {
+    let mut b = RpcClient::builder();
+    for u in urls {
+        b = b.endpoint(u);
+    }
+    let rpc = b.start().await.expect("client");
+    rpc.ready().await.expect("ready");
+    rpc
 }

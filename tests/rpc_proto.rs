@@ -5,6 +5,7 @@
 //! bytes as base64, well-known types).
 
 mod common;
+mod rpc_common;
 
 pub mod demo {
     pub mod common {
@@ -21,8 +22,9 @@ use demo::greeter::{
     greeter, AddReply, AddRequest, Greeter, GreeterApi, GreeterClient, GreeterServer, HelloReply,
     HelloRequest, SleepRequest,
 };
-use qsocket::rpc::{CallConfig, Code, Codec, NamedService, Router, RpcClient, RpcServer};
+use qsocket::rpc::{CallConfig, Code, Codec, NamedService, Router};
 use qsocket::Status;
+use rpc_common::{connected, serve, TRANSPORTS};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,18 +65,6 @@ impl Greeter for Impl {
         tokio::time::sleep(Duration::from_millis(request.ms)).await;
         Ok(pbjson_types::Empty {})
     }
-}
-
-const TRANSPORTS: [&str; 3] = ["tcp", "udp", "ws"];
-
-async fn serve(router: Router, scheme: &str) -> (RpcServer, String) {
-    let server = RpcServer::builder(router)
-        .bind(&format!("{scheme}://127.0.0.1:0"))
-        .start()
-        .await
-        .expect("server starts");
-    let url = server.local_endpoints()[0].to_string();
-    (server, url)
 }
 
 fn hello(name: &str) -> HelloRequest {
@@ -141,14 +131,7 @@ async fn the_idl_policies_are_honoured() {
             scheme,
         )
         .await;
-        let rpc = RpcClient::builder()
-            .endpoint(&url_down)
-            .endpoint(&url_up)
-            .start()
-            .await
-            .expect("client");
-        let client = GreeterClient::new(rpc);
-        client.rpc().ready().await.expect("ready");
+        let client = GreeterClient::new(connected(&[&url_down, &url_up]).await);
         // SayHello: failover, 2 retries, from the .proto.
         for i in 0..10 {
             let r = client.say_hello(hello(&format!("n{i}"))).await;

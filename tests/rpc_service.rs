@@ -7,10 +7,8 @@ mod common;
 mod rpc_common;
 
 use common::{eventually, within};
-use qsocket::rpc::{
-    CallConfig, CallContext, Code, Codec, NamedService, Router, RpcClient, RpcServer, Status,
-};
-use rpc_common::{req, EchoReply, EchoRequest};
+use qsocket::rpc::{CallConfig, CallContext, Code, Codec, NamedService, Router, RpcClient, Status};
+use rpc_common::{connected, req, serve, EchoReply, EchoRequest, TRANSPORTS};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,18 +103,6 @@ impl Greeter for Hello {
     async fn reset(&self) {
         self.logged.store(0, Ordering::SeqCst);
     }
-}
-
-const TRANSPORTS: [&str; 3] = ["tcp", "udp", "ws"];
-
-async fn serve(router: Router, scheme: &str) -> (RpcServer, String) {
-    let server = RpcServer::builder(router)
-        .bind(&format!("{scheme}://127.0.0.1:0"))
-        .start()
-        .await
-        .expect("server starts");
-    let url = server.local_endpoints()[0].to_string();
-    (server, url)
 }
 
 #[tokio::test]
@@ -218,14 +204,7 @@ async fn policies_are_honoured_over_each_transport() {
             scheme,
         )
         .await;
-        let rpc = RpcClient::builder()
-            .endpoint(&url_down)
-            .endpoint(&url_up)
-            .start()
-            .await
-            .expect("client");
-        let client = GreeterClient::new(rpc);
-        client.rpc().ready().await.expect("ready");
+        let client = GreeterClient::new(connected(&[&url_down, &url_up]).await);
         // failover (retries = 2): every call succeeds, the ones that met the down instance
         // were retried on the other.
         for i in 0..10 {
