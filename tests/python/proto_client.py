@@ -7,8 +7,8 @@ built at run time from the descriptor set qsocket-build wrote, so no protoc is n
 Usage: proto_client.py HOST PORT DESCRIPTOR_SET — prints "python proto client: ok" and exits 0;
 exits 1 on any mismatch, 2 if the protobuf package is missing.
 """
+import os
 import socket
-import struct
 import sys
 
 try:
@@ -17,36 +17,21 @@ except ImportError:
     print("python proto client: the protobuf package is missing (python3 -m pip install protobuf)")
     sys.exit(2)
 
-HEADER = struct.Struct(">2sBBBBHQIBBHI")  # 28 bytes, big-endian (PROTOCOL.md)
-REQUEST, RESPONSE = 1, 2
+# The frame format, from the protocol client beside this file (written from PROTOCOL.md).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rpc_client import REQUEST, RESPONSE, frame, read_frame  # noqa: E402
+
 PROTOBUF, JSON = 1, 2
 SERVICE = b"demo.greeter.Greeter"
 
 
-def frame(codec, req_id, method, body):
-    head = HEADER.pack(b"QS", 1, REQUEST, codec, 0, 0, req_id, 5000,
-                       len(SERVICE), len(method), 0, len(body))
-    return head + SERVICE + method + body
-
-
-def read_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError("server closed the connection")
-        data += chunk
-    return data
-
-
 def call(sock, codec, req_id, method, body):
-    sock.sendall(frame(codec, req_id, method, body))
-    magic, _v, kind, rcodec, _f, status, rid, _t, s, m, d, b = HEADER.unpack(read_exact(sock, 28))
-    rest = read_exact(sock, s + m + d + b)
-    check(magic == b"QS" and kind == RESPONSE and rid == req_id, "a response to the request")
-    check(status == 0, f"status {status}: {rest[s + m + d:]!r}")
-    check(rcodec == codec, "answered in the codec asked in")
-    return rest[s + m + d:]
+    sock.sendall(frame(REQUEST, codec, req_id, 5000, SERVICE, method, body=body))
+    f = read_frame(sock)
+    check(f["kind"] == RESPONSE and f["id"] == req_id, "a response to the request")
+    check(f["status"] == 0, f"status {f['status']}: {f['body']!r}")
+    check(f["codec"] == codec, "answered in the codec asked in")
+    return f["body"]
 
 
 def check(cond, what):
