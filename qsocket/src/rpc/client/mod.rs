@@ -596,13 +596,7 @@ impl<'a, I: Invoke> Call<'a, I> {
         self,
         req: &Req,
     ) -> impl Future<Output = Result<Resp, Status>> + Send + 'a {
-        let client = self.client;
-        let mut prepared = self.prepare::<Req, Resp>(req, false);
-        async move {
-            let req = prepared_request(&mut prepared)?;
-            let resp = client.invoke.invoke(req).await?;
-            decode::<Resp>(resp.codec, resp.body)
-        }
+        self.call_map(req, |resp| resp)
     }
 
     /// [`call`](Self::call), then `f` turns the response into what the caller wants (inside
@@ -677,7 +671,8 @@ pub struct CallConfig {
     metadata: MetadataMap,
     metadata_error: Option<Status>,
     policy: Option<Policy>,
-    hash_key: Option<Vec<u8>>,
+    /// Hashed once, here (what [`Call::hash_key`] would compute per call).
+    hash_key: Option<u64>,
     wait_for_connection: bool,
 }
 
@@ -723,7 +718,7 @@ impl CallConfig {
 
     /// A key for balancers that keep a key on one instance.
     pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
-        self.hash_key = Some(key.as_ref().to_vec());
+        self.hash_key = Some(hash_key(key.as_ref()));
         self
     }
 
@@ -757,8 +752,8 @@ impl CallConfig {
         if let Some(p) = self.policy {
             call = call.policy(p);
         }
-        if let Some(k) = &self.hash_key {
-            call = call.hash_key(k);
+        if let Some(k) = self.hash_key {
+            call.hash_key = Some(k);
         }
         if self.wait_for_connection {
             call = call.wait_for_connection();
