@@ -12,3 +12,9 @@ pub mod demo {
         qsocket::include_proto!("demo.greeter");
     }
 }
+
+/// The README's Rust examples, compiled (and, where they are not marked `no_run`, run) as doc
+/// tests, so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
