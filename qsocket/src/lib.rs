@@ -15,7 +15,7 @@
 //! * [`service`] — a trait annotated `#[qsocket::service]` becomes a typed client, a client
 //!   trait for mocks and a server dispatcher; `qsocket-build` makes the same from `.proto`
 //!   files ([`include_proto!`]).
-//! * `micro` (service discovery) builds on both (see the README's roadmap).
+//! * `micro` (service discovery) builds on both (planned: see the README's Status table).
 //!
 //! ```no_run
 //! use bytes::{Bytes, BytesMut};
