@@ -5,7 +5,7 @@
 use super::super::balance::{Breaker, Node};
 use super::super::codec::Codec;
 use super::super::frame::{
-    control_frame_mut, encode_frame, kind, EncodeError, FrameCodec, Header, HEADER_LEN,
+    control_frame_mut, encode_frame, kind, EncodeError, FrameCodec, Header, Limits, HEADER_LEN,
 };
 use super::super::instance::{InstanceSource, Snapshot};
 use super::super::metadata::MetadataMap;
@@ -502,61 +502,8 @@ impl Invoke for Channel {
             guard.ended.1 = Some(false);
             return Err(Status::unavailable("connection closed").with_sent(Sent::No));
         }
-        let remaining = req.deadline.saturating_duration_since(now);
-        if remaining.is_zero() {
-            return Err(
-                Status::deadline_exceeded("deadline passed before the request was sent")
-                    .with_sent(Sent::No),
-            );
-        }
-        // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
-        // (In 64-bit arithmetic: a 128-bit division costs more than the rest of the header.)
-        let ms = remaining
-            .as_secs()
-            .saturating_mul(1000)
-            .saturating_add(u64::from(remaining.subsec_nanos().div_ceil(1_000_000)));
-        // Nobody waits for a oneway call: it carries no deadline, and its handler runs to the
-        // end (PROTOCOL.md, Deadlines).
-        let timeout_ms = if oneway {
-            0
-        } else {
-            u32::try_from(ms).unwrap_or(u32::MAX)
-        };
-        let h = Header {
-            kind: if oneway { kind::ONEWAY } else { kind::REQUEST },
-            codec: req.codec.id(),
-            id,
-            timeout_ms,
-            service: req.service,
-            method: req.method,
-            metadata: req.metadata.as_wire(),
-            ..Header::default()
-        };
-        let body = &req.body;
-        let hint = HEADER_LEN
-            + req.service.len()
-            + req.method.len()
-            + req.metadata.as_wire().len()
-            + body.len();
-        let buf = super::scratch::encode(hint, |buf| {
-            encode_frame(buf, &h, &cfg.limits, |b| {
-                b.extend_from_slice(body);
-                Ok::<_, Status>(())
-            })
-        })
-        .map_err(|e| match e {
-            EncodeError::Body(st) => st,
-            EncodeError::Frame(e) => Status::invalid_argument(format!("request: {e}")),
-        })
-        .map_err(|st| st.with_sent(Sent::No))?;
-        if udp && buf.len() > MAX_DATAGRAM {
-            return Err(Status::resource_exhausted(format!(
-                "request of {} bytes does not fit in a UDP datagram ({} max)",
-                buf.len(),
-                MAX_DATAGRAM
-            ))
-            .with_sent(Sent::No));
-        }
+        // Built by a plain function: none of its locals is kept in this future's state.
+        let buf = request_frame(req, id, now, oneway, &cfg.limits, udp)?;
         let closed = || {
             Status::unavailable("connection closed before the request was sent").with_sent(Sent::No)
         };
@@ -656,4 +603,73 @@ impl Invoke for Channel {
             metadata,
         })
     }
+}
+
+/// The request frame of `req`, with call id `id`, the time remaining from `now` (whole
+/// milliseconds, rounded up; none for a oneway call), in a slice of this thread's scratch
+/// chunk. Fails unsent when the deadline has passed or the frame cannot be made.
+fn request_frame(
+    req: &Request<'_>,
+    id: u64,
+    now: Instant,
+    oneway: bool,
+    limits: &Limits,
+    udp: bool,
+) -> Result<BytesMut, Status> {
+    let remaining = req.deadline.saturating_duration_since(now);
+    if remaining.is_zero() {
+        return Err(
+            Status::deadline_exceeded("deadline passed before the request was sent")
+                .with_sent(Sent::No),
+        );
+    }
+    // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
+    // (In 64-bit arithmetic: a 128-bit division costs more than the rest of the header.)
+    let ms = remaining
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(remaining.subsec_nanos().div_ceil(1_000_000)));
+    // Nobody waits for a oneway call: it carries no deadline, and its handler runs to the
+    // end (PROTOCOL.md, Deadlines).
+    let timeout_ms = if oneway {
+        0
+    } else {
+        u32::try_from(ms).unwrap_or(u32::MAX)
+    };
+    let h = Header {
+        kind: if oneway { kind::ONEWAY } else { kind::REQUEST },
+        codec: req.codec.id(),
+        id,
+        timeout_ms,
+        service: req.service,
+        method: req.method,
+        metadata: req.metadata.as_wire(),
+        ..Header::default()
+    };
+    let body = &req.body;
+    let hint = HEADER_LEN
+        + req.service.len()
+        + req.method.len()
+        + req.metadata.as_wire().len()
+        + body.len();
+    let buf = super::scratch::encode(hint, |buf| {
+        encode_frame(buf, &h, limits, |b| {
+            b.extend_from_slice(body);
+            Ok::<_, Status>(())
+        })
+    })
+    .map_err(|e| match e {
+        EncodeError::Body(st) => st,
+        EncodeError::Frame(e) => Status::invalid_argument(format!("request: {e}")),
+    })
+    .map_err(|st| st.with_sent(Sent::No))?;
+    if udp && buf.len() > MAX_DATAGRAM {
+        return Err(Status::resource_exhausted(format!(
+            "request of {} bytes does not fit in a UDP datagram ({} max)",
+            buf.len(),
+            MAX_DATAGRAM
+        ))
+        .with_sent(Sent::No));
+    }
+    Ok(buf)
 }
