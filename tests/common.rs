@@ -185,3 +185,21 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// Runs `python3 script args…` (within [`WAIT`]) and asserts that it exits with success and
+/// prints `ok_line`; `what` names the client in a failure, with a hint if one helps.
+pub async fn python_client(what: &str, script: &str, args: &[&str], ok_line: &str) {
+    let out = within(
+        what,
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(ok_line), "{stdout}");
+}

@@ -4,7 +4,7 @@
 mod common;
 mod rpc_common;
 
-use common::{closed_by_peer, eventually, within, WAIT};
+use common::{closed_by_peer, eventually, python_client, within, WAIT};
 use qsocket::rpc::{Code, Codec, RpcClient, RpcServer, RpcServerConfig, Sent, Status};
 use qsocket::session::Transport;
 use rpc_common::*;
@@ -491,23 +491,14 @@ async fn python_client_written_from_protocol_md_alone() {
     let server = server(&counters).await;
     let addr = server.local_addr(Transport::Tcp).expect("tcp");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/rpc_client.py");
-    let out = within(
+    let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+    python_client(
         "python client",
-        tokio::process::Command::new("python3")
-            .arg(script)
-            .arg(addr.ip().to_string())
-            .arg(addr.port().to_string())
-            .output(),
+        script,
+        &[&ip, &port],
+        "python rpc client: ok",
     )
-    .await
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("python rpc client: ok"), "{stdout}");
+    .await;
     server.shutdown(Duration::from_secs(5)).await;
 }
 

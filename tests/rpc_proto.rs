@@ -16,7 +16,7 @@ pub mod demo {
     }
 }
 
-use common::{eventually, within};
+use common::{eventually, python_client, within};
 use demo::common::{Level, Line};
 use demo::greeter::{
     greeter, AddReply, AddRequest, Greeter, GreeterApi, GreeterClient, GreeterServer, HelloReply,
@@ -238,19 +238,11 @@ async fn python_protobuf_and_json_format_talk_to_the_server() {
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/proto_client.py");
     let fds = concat!(env!("OUT_DIR"), "/demo.fds");
-    let out = within(
-        "python proto client",
-        tokio::process::Command::new("python3")
-            .args([script, host, port, fds])
-            .output(),
+    python_client(
+        "python proto client (scripts/test installs the protobuf package)",
+        script,
+        &[host, port, fds],
+        "python proto client: ok",
     )
-    .await
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python proto client failed (scripts/test installs the protobuf package):\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("python proto client: ok"), "{stdout}");
+    .await;
 }
