@@ -82,6 +82,30 @@ async fn ten_thousand_calls_in_flight_on_one_session_every_transport_and_codec()
     server.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Requests queued on a TCP connection share one buffer up to 64 KiB: bodies from empty to
+/// larger than that buffer, sent at once, all arrive whole and in their own calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_every_size_sent_at_once_share_buffers_and_arrive_whole() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Tcp).expect("bound").to_string();
+    let c = client(&url, Codec::Protobuf).await;
+    let calls = (0..300usize).map(|i| {
+        let c = c.clone();
+        async move {
+            let text = "x".repeat(i * 997 % 70_000) + &i.to_string();
+            let r: Result<EchoReply, Status> = c.call("test.Echo", "Echo", &req(&text)).await;
+            (text, r)
+        }
+    });
+    for (text, r) in within("300 calls", futures_util::future::join_all(calls)).await {
+        assert_eq!(r.expect("answered").text, text);
+    }
+    assert_eq!(c.in_flight(), 0);
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_travel_expire_on_both_sides_and_past_ones_do_not_run() {
     let counters = Arc::new(Counters::default());

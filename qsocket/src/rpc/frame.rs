@@ -286,6 +286,67 @@ pub struct Header<'a> {
     pub metadata: &'a [u8],
 }
 
+impl Header<'_> {
+    /// Bytes of the header as encoded: the fixed part, the names and the metadata.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.service.len() + self.method.len() + self.metadata.len()
+    }
+
+    /// Whether the header has no names and no metadata (only the fixed part).
+    pub fn is_empty(&self) -> bool {
+        self.service.is_empty() && self.method.is_empty() && self.metadata.is_empty()
+    }
+
+    /// Refuses names and metadata too large for the format or `limits`.
+    pub fn check(&self, limits: &Limits) -> Result<(), FrameError> {
+        let too_large = |what, len, max| Err(FrameError::TooLarge { what, len, max });
+        if self.service.len() > 255 {
+            return too_large("service name", self.service.len(), 255);
+        }
+        if self.method.len() > 255 {
+            return too_large("method name", self.method.len(), 255);
+        }
+        if self.metadata.len() > limits.max_metadata as usize {
+            return too_large(
+                "metadata",
+                self.metadata.len(),
+                limits.max_metadata as usize,
+            );
+        }
+        Ok(())
+    }
+
+    /// The fixed part of the header, for a body of `body_len` bytes (names and metadata must
+    /// have passed [`check`](Self::check)).
+    fn fixed(&self, body_len: u32) -> [u8; HEADER_LEN] {
+        let mut head = [0u8; HEADER_LEN];
+        head[..2].copy_from_slice(&MAGIC);
+        head[2] = VERSION;
+        head[3] = self.kind;
+        head[4] = self.codec;
+        head[5] = self.flags;
+        head[6..8].copy_from_slice(&self.status.to_be_bytes());
+        head[8..16].copy_from_slice(&self.id.to_be_bytes());
+        head[16..20].copy_from_slice(&self.timeout_ms.to_be_bytes());
+        head[20] = self.service.len() as u8;
+        head[21] = self.method.len() as u8;
+        head[22..24].copy_from_slice(&(self.metadata.len() as u16).to_be_bytes());
+        head[24..28].copy_from_slice(&body_len.to_be_bytes());
+        head
+    }
+
+    /// Appends the whole frame of this header and `body` to `buf` (names and metadata must
+    /// have passed [`check`](Self::check), and `body` must fit the limits).
+    pub(crate) fn put_frame(&self, body: &[u8], buf: &mut BytesMut) {
+        buf.reserve(self.len() + body.len());
+        buf.put_slice(&self.fixed(body.len() as u32));
+        buf.put_slice(self.service.as_bytes());
+        buf.put_slice(self.method.as_bytes());
+        buf.put_slice(self.metadata);
+        buf.put_slice(body);
+    }
+}
+
 /// Writes a whole frame into `buf`: the header, then the body written by `body`, whose length
 /// is patched in afterwards. On error `buf` is left as it was.
 pub fn encode_frame<E>(
@@ -294,34 +355,11 @@ pub fn encode_frame<E>(
     limits: &Limits,
     body: impl FnOnce(&mut BytesMut) -> Result<(), E>,
 ) -> Result<(), EncodeError<E>> {
-    let too_large =
-        |what, len, max| Err(EncodeError::Frame(FrameError::TooLarge { what, len, max }));
-    if h.service.len() > 255 {
-        return too_large("service name", h.service.len(), 255);
-    }
-    if h.method.len() > 255 {
-        return too_large("method name", h.method.len(), 255);
-    }
-    if h.metadata.len() > limits.max_metadata as usize {
-        return too_large("metadata", h.metadata.len(), limits.max_metadata as usize);
-    }
+    h.check(limits).map_err(EncodeError::Frame)?;
     let start = buf.len();
-    buf.reserve(HEADER_LEN + h.service.len() + h.method.len() + h.metadata.len());
+    buf.reserve(h.len());
     // The fixed header is assembled on the stack and appended in one copy.
-    let mut head = [0u8; HEADER_LEN];
-    head[..2].copy_from_slice(&MAGIC);
-    head[2] = VERSION;
-    head[3] = h.kind;
-    head[4] = h.codec;
-    head[5] = h.flags;
-    head[6..8].copy_from_slice(&h.status.to_be_bytes());
-    head[8..16].copy_from_slice(&h.id.to_be_bytes());
-    head[16..20].copy_from_slice(&h.timeout_ms.to_be_bytes());
-    head[20] = h.service.len() as u8;
-    head[21] = h.method.len() as u8;
-    head[22..24].copy_from_slice(&(h.metadata.len() as u16).to_be_bytes());
-    // head[24..28]: the body length, patched below.
-    buf.put_slice(&head);
+    buf.put_slice(&h.fixed(0));
     buf.put_slice(h.service.as_bytes());
     buf.put_slice(h.method.as_bytes());
     buf.put_slice(h.metadata);
@@ -333,7 +371,11 @@ pub fn encode_frame<E>(
     let body_len = buf.len() - body_start;
     if body_len > limits.max_body as usize {
         buf.truncate(start);
-        return too_large("body", body_len, limits.max_body as usize);
+        return Err(EncodeError::Frame(FrameError::TooLarge {
+            what: "body",
+            len: body_len,
+            max: limits.max_body as usize,
+        }));
     }
     buf[start + 24..start + 28].copy_from_slice(&(body_len as u32).to_be_bytes());
     Ok(())
@@ -498,6 +540,34 @@ mod tests {
         })
         .expect("encode");
         buf
+    }
+
+    #[test]
+    fn put_frame_writes_what_encode_frame_writes() {
+        let mut md = Vec::new();
+        put_metadata(&mut md, "trace", b"abc").expect("md");
+        let h = Header {
+            kind: kind::REQUEST,
+            codec: 1,
+            id: 42,
+            timeout_ms: 1500,
+            service: "echo",
+            method: "Echo",
+            metadata: &md,
+            ..Header::default()
+        };
+        h.check(&Limits::default()).expect("within limits");
+        let mut buf = BytesMut::from(&b"before"[..]);
+        h.put_frame(b"hello", &mut buf);
+        assert_eq!(&buf[..6], b"before");
+        assert_eq!(&buf[6..], &sample()[..]);
+        assert_eq!(buf.len() - 6, h.len() + 5);
+        let long = "s".repeat(256);
+        let too_long = Header {
+            service: &long,
+            ..h
+        };
+        assert!(too_long.check(&Limits::default()).is_err());
     }
 
     #[test]

@@ -219,6 +219,31 @@ impl<O> Session<O> {
         })
     }
 
+    /// Queues what `write` makes, without waiting. `write` is given the last message still
+    /// queued for the writer, when there is one (the writer has not taken it yet): it may add
+    /// to that message and return `None`, or return a message of its own. Senders of small
+    /// messages on a byte stream can thus share one buffer, written out in one go, instead of
+    /// queuing one message each; on a transport that carries each message on its own (UDP,
+    /// WebSocket) adding to a queued message joins the two into one datagram or message.
+    ///
+    /// Fails with the message `write` made (`None` if it was not called: the session is
+    /// closed) when the queue is full or the session closed.
+    pub fn try_send_with(
+        &self,
+        write: impl FnOnce(Option<&mut O>) -> Option<O>,
+    ) -> Result<(), TrySendError<Option<O>>> {
+        if self.is_closed() {
+            return Err(TrySendError::Closed(None));
+        }
+        self.inner.tx.push_with(write).map_err(|(m, full)| {
+            if full {
+                TrySendError::Full(m)
+            } else {
+                TrySendError::Closed(m)
+            }
+        })
+    }
+
     /// Starts closing the session: no more messages are read or accepted for sending; what is
     /// already queued is written, then the connection is shut down and `on_close` runs once.
     /// Closing twice is harmless.

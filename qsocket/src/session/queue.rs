@@ -143,6 +143,39 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Queues what `write` makes, if there is room, under one lock. `write` is given the last
+    /// message still queued (the receiver has not taken it yet), when there is one: it may
+    /// add to it and return `None`, or return a message of its own to queue. Fails with the
+    /// message `write` made (`None` if it was not called) and whether the queue was full.
+    pub(crate) fn push_with(
+        &self,
+        write: impl FnOnce(Option<&mut T>) -> Option<T>,
+    ) -> Result<(), (Option<T>, bool)> {
+        let waker = {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err((None, false));
+            }
+            let Some(msg) = write(st.queue.back_mut()) else {
+                return Ok(());
+            };
+            if st.queue.len() >= self.shared.cap {
+                return Err((Some(msg), true));
+            }
+            st.room(self.shared.cap);
+            st.queue.push_back(msg);
+            if st.queue.len() == 1 {
+                st.rx_waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
     /// Queues `msg`, waiting while the queue is full; gives it back if the receiver is gone.
     pub(crate) async fn send(&self, msg: T) -> Result<(), T> {
         // The usual case first: room now, no waiter to register.
@@ -320,6 +353,47 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn push_with_adds_to_the_last_queued_message_or_queues_its_own() {
+        let (tx, mut rx) = channel::<Vec<u8>>(2);
+        // Nothing queued: the writer is given nothing to add to.
+        assert!(tx
+            .push_with(|last| {
+                assert!(last.is_none());
+                Some(vec![1])
+            })
+            .is_ok());
+        // Added to the message still queued: nothing new is queued.
+        assert!(tx
+            .push_with(|last| {
+                last.expect("queued").push(2);
+                None
+            })
+            .is_ok());
+        assert!(tx.push_with(|_| Some(vec![3])).is_ok());
+        // Full: the message made is given back.
+        match tx.push_with(|_| Some(vec![4])) {
+            Err((Some(m), true)) => assert_eq!(m, vec![4]),
+            _ => panic!("expected full"),
+        }
+        assert_eq!(rx.recv().await, Some(vec![1, 2]));
+        assert_eq!(rx.recv().await, Some(vec![3]));
+        // Taken by the receiver: the next writer starts a message of its own.
+        assert!(tx
+            .push_with(|last| {
+                assert!(last.is_none());
+                Some(vec![5])
+            })
+            .is_ok());
+        assert_eq!(rx.recv().await, Some(vec![5]));
+        drop(rx);
+        // Closed: the writer is not called.
+        assert!(matches!(
+            tx.push_with(|_| unreachable!("closed")),
+            Err((None, false))
+        ));
+    }
 
     #[tokio::test]
     async fn bounded_waits_for_room_and_fails_when_closed() {

@@ -4,9 +4,7 @@
 
 use super::super::balance::{Breaker, Node};
 use super::super::codec::Codec;
-use super::super::frame::{
-    control_frame_mut, encode_frame, kind, EncodeError, FrameCodec, Header, Limits, HEADER_LEN,
-};
+use super::super::frame::{control_frame_mut, kind, FrameCodec, FrameError, Header, Limits};
 use super::super::instance::{InstanceSource, Snapshot};
 use super::super::metadata::MetadataMap;
 use super::super::status::{Code, Sent, Status};
@@ -15,8 +13,9 @@ use super::layer::Invoke;
 use super::live::{ListenerParts, Live};
 use super::pending::{sweep, Pending};
 use super::request::{Request, Response};
+use super::scratch;
 use super::RpcClientConfig;
-use crate::session::{Client, Endpoint, Transport, MAX_DATAGRAM};
+use crate::session::{Client, Endpoint, Session, Transport, TrySendError, MAX_DATAGRAM};
 use crate::Error;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -440,7 +439,6 @@ impl Invoke for Channel {
         let Some(node) = req.instance.as_ref() else {
             return Err(Status::internal("instance lost").with_sent(Sent::No));
         };
-        let udp = conn.session.transport() == Transport::Udp;
         let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
             Some(sem) => {
                 // UDP only: boxed, so its state does not enlarge every call's.
@@ -502,38 +500,34 @@ impl Invoke for Channel {
             guard.ended.1 = Some(false);
             return Err(Status::unavailable("connection closed").with_sent(Sent::No));
         }
-        // Built by a plain function: none of its locals is kept in this future's state.
-        let buf = request_frame(req, id, now, oneway, &cfg.limits, udp)?;
+        // Queued by a plain function: none of its locals is kept in this future's state.
+        let queued = send_request(&conn.session, req, id, now, oneway, &cfg.limits);
         let closed = || {
             Status::unavailable("connection closed before the request was sent").with_sent(Sent::No)
         };
-        // Queue without a timer when there is room (the usual case); wait, bounded by the
+        // Queued without a timer when there is room (the usual case); wait, bounded by the
         // deadline, only when the connection is behind.
         guard.ended.1 = Some(false);
         // Whether the waker given at `insert` is still this task's (no await since).
         let mut registered = true;
-        match conn.session.try_send(buf) {
-            Ok(()) => {}
-            Err(crate::session::TrySendError::Closed(_)) => return Err(closed()),
-            Err(crate::session::TrySendError::Full(frame)) => {
-                registered = false;
-                // Dropped while waiting for room: given up by its caller.
-                guard.ended.1 = None;
-                let sent = Box::pin(tokio::time::timeout_at(
-                    req.deadline.into(),
-                    conn.session.send(frame),
-                ))
-                .await;
-                guard.ended.1 = Some(false);
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(closed()),
-                    Err(_) => {
-                        return Err(Status::deadline_exceeded(
-                            "deadline passed before the request was sent",
-                        )
-                        .with_sent(Sent::No))
-                    }
+        if let Some(frame) = queued? {
+            registered = false;
+            // Dropped while waiting for room: given up by its caller.
+            guard.ended.1 = None;
+            let sent = Box::pin(tokio::time::timeout_at(
+                req.deadline.into(),
+                conn.session.send(frame),
+            ))
+            .await;
+            guard.ended.1 = Some(false);
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(closed()),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "deadline passed before the request was sent",
+                    )
+                    .with_sent(Sent::No))
                 }
             }
         }
@@ -605,17 +599,25 @@ impl Invoke for Channel {
     }
 }
 
-/// The request frame of `req`, with call id `id`, the time remaining from `now` (whole
-/// milliseconds, rounded up; none for a oneway call), in a slice of this thread's scratch
-/// chunk. Fails unsent when the deadline has passed or the frame cannot be made.
-fn request_frame(
+/// Requests queued on a byte stream share one buffer up to this size (written out in one
+/// go by the connection's writer); a larger frame, or one that would make it larger, starts a
+/// buffer of its own.
+const SHARED_BUFFER: usize = 64 * 1024;
+
+/// Queues the request frame of `req` on `session`, with call id `id` and the time remaining
+/// from `now` (whole milliseconds, rounded up; none for a oneway call). On a byte stream the
+/// frame is written straight into the buffer still waiting for the writer, when there is
+/// one; otherwise it is a slice of this thread's scratch chunk. `Ok(Some(frame))`: the
+/// connection is behind, the caller waits for room to send `frame`. Fails unsent when the
+/// deadline has passed, the frame cannot be made, or the connection is closed.
+fn send_request(
+    session: &Session<BytesMut>,
     req: &Request<'_>,
     id: u64,
     now: Instant,
     oneway: bool,
     limits: &Limits,
-    udp: bool,
-) -> Result<BytesMut, Status> {
+) -> Result<Option<BytesMut>, Status> {
     let remaining = req.deadline.saturating_duration_since(now);
     if remaining.is_zero() {
         return Err(
@@ -646,30 +648,44 @@ fn request_frame(
         metadata: req.metadata.as_wire(),
         ..Header::default()
     };
-    let body = &req.body;
-    let hint = HEADER_LEN
-        + req.service.len()
-        + req.method.len()
-        + req.metadata.as_wire().len()
-        + body.len();
-    let buf = super::scratch::encode(hint, |buf| {
-        encode_frame(buf, &h, limits, |b| {
-            b.extend_from_slice(body);
-            Ok::<_, Status>(())
+    let refused = |e: FrameError| Status::invalid_argument(format!("request: {e}"));
+    h.check(limits)
+        .map_err(|e| refused(e).with_sent(Sent::No))?;
+    let body = &req.body[..];
+    if body.len() > limits.max_body as usize {
+        return Err(refused(FrameError::TooLarge {
+            what: "body",
+            len: body.len(),
+            max: limits.max_body as usize,
         })
-    })
-    .map_err(|e| match e {
-        EncodeError::Body(st) => st,
-        EncodeError::Frame(e) => Status::invalid_argument(format!("request: {e}")),
-    })
-    .map_err(|st| st.with_sent(Sent::No))?;
-    if udp && buf.len() > MAX_DATAGRAM {
+        .with_sent(Sent::No));
+    }
+    let len = h.len() + body.len();
+    let transport = session.transport();
+    if transport == Transport::Udp && len > MAX_DATAGRAM {
         return Err(Status::resource_exhausted(format!(
-            "request of {} bytes does not fit in a UDP datagram ({} max)",
-            buf.len(),
-            MAX_DATAGRAM
+            "request of {len} bytes does not fit in a UDP datagram ({MAX_DATAGRAM} max)"
         ))
         .with_sent(Sent::No));
     }
-    Ok(buf)
+    // Frames on a byte stream may share a buffer; elsewhere each travels on its own.
+    let stream = matches!(transport, Transport::Tcp | Transport::Tls);
+    let queued = session.try_send_with(|last| match last {
+        Some(buf) if stream && buf.len() + len <= SHARED_BUFFER => {
+            h.put_frame(body, buf);
+            None
+        }
+        _ => scratch::encode(len, |buf| {
+            h.put_frame(body, buf);
+            Ok::<_, ()>(())
+        })
+        .ok(),
+    });
+    let closed =
+        || Status::unavailable("connection closed before the request was sent").with_sent(Sent::No);
+    match queued {
+        Ok(()) => Ok(None),
+        Err(TrySendError::Full(Some(frame))) => Ok(Some(frame)),
+        Err(_) => Err(closed()),
+    }
 }

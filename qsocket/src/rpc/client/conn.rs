@@ -71,14 +71,23 @@ impl tokio_util::codec::Decoder for ClientCodec {
     }
 }
 
-/// A client session carries whole frames as the `BytesMut` they were encoded in: a request
-/// is never frozen into `Bytes` (which allocates when the buffer is not full), only copied
-/// into the write buffer.
+/// A message at least this large that finds the write buffer empty becomes the write buffer
+/// (instead of being copied into it): on a byte stream it is a batch of requests that calls
+/// wrote into one buffer.
+const TAKE_WHOLE: usize = 2 * 1024;
+
+/// A client session carries whole frames, or batches of them, as the `BytesMut` they were
+/// encoded in: a request is never frozen into `Bytes` (which allocates when the buffer is not
+/// full), only copied into the write buffer, or taken as it when that is empty.
 impl tokio_util::codec::Encoder<BytesMut> for ClientCodec {
     type Error = std::io::Error;
 
-    fn encode(&mut self, frame: BytesMut, dst: &mut BytesMut) -> Result<(), std::io::Error> {
-        dst.extend_from_slice(&frame);
+    fn encode(&mut self, frames: BytesMut, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        if dst.is_empty() && frames.len() >= TAKE_WHOLE {
+            *dst = frames;
+        } else {
+            dst.extend_from_slice(&frames);
+        }
         Ok(())
     }
 }
@@ -117,5 +126,37 @@ impl Conn {
                 .state
                 .draining
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::codec::Encoder;
+
+    #[test]
+    fn a_large_batch_becomes_an_empty_write_buffer_and_the_rest_is_copied() {
+        let mut codec = ClientCodec {
+            frames: FrameCodec::default(),
+            pending: Arc::new(Pending::new(tokio_util::sync::CancellationToken::new())),
+            completed: 0,
+        };
+        let batch = BytesMut::from(&vec![7u8; TAKE_WHOLE][..]);
+        let at = batch.as_ptr();
+        let mut dst = BytesMut::with_capacity(64);
+        codec.encode(batch, &mut dst).expect("encode");
+        // Taken whole, not copied.
+        assert_eq!((dst.as_ptr(), dst.len()), (at, TAKE_WHOLE));
+        // A small frame, or one behind bytes already buffered, is copied.
+        codec
+            .encode(BytesMut::from(&b"abc"[..]), &mut dst)
+            .expect("encode");
+        assert_eq!(dst.len(), TAKE_WHOLE + 3);
+        assert_eq!(&dst[TAKE_WHOLE..], b"abc");
+        let mut empty = BytesMut::new();
+        codec
+            .encode(BytesMut::from(&b"xyz"[..]), &mut empty)
+            .expect("encode");
+        assert_eq!(&empty[..], b"xyz");
     }
 }
