@@ -520,19 +520,29 @@ impl From<FrameError> for std::io::Error {
 mod tests {
     use super::*;
 
-    fn sample() -> BytesMut {
-        let mut md = Vec::new();
-        put_metadata(&mut md, "trace", b"abc").expect("md");
-        let h = Header {
+    /// The header of the sample frame, with `md` as its metadata.
+    fn sample_header(md: &[u8]) -> Header<'_> {
+        Header {
             kind: kind::REQUEST,
             codec: 1,
             id: 42,
             timeout_ms: 1500,
             service: "echo",
             method: "Echo",
-            metadata: &md,
+            metadata: md,
             ..Header::default()
-        };
+        }
+    }
+
+    fn sample_metadata() -> Vec<u8> {
+        let mut md = Vec::new();
+        put_metadata(&mut md, "trace", b"abc").expect("md");
+        md
+    }
+
+    fn sample() -> BytesMut {
+        let md = sample_metadata();
+        let h = sample_header(&md);
         let mut buf = BytesMut::new();
         encode_frame(&mut buf, &h, &Limits::default(), |b| {
             b.put_slice(b"hello");
@@ -544,18 +554,8 @@ mod tests {
 
     #[test]
     fn put_frame_writes_what_encode_frame_writes() {
-        let mut md = Vec::new();
-        put_metadata(&mut md, "trace", b"abc").expect("md");
-        let h = Header {
-            kind: kind::REQUEST,
-            codec: 1,
-            id: 42,
-            timeout_ms: 1500,
-            service: "echo",
-            method: "Echo",
-            metadata: &md,
-            ..Header::default()
-        };
+        let md = sample_metadata();
+        let h = sample_header(&md);
         h.check(&Limits::default()).expect("within limits");
         let mut buf = BytesMut::from(&b"before"[..]);
         h.put_frame(b"hello", &mut buf);

@@ -121,26 +121,11 @@ pub(crate) fn channel<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queues `msg` if there is room: `Ok`, or gives it back with whether the queue was full.
     fn push(&self, msg: T) -> Result<(), (T, bool)> {
-        let waker = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err((msg, false));
-            }
-            if st.queue.len() >= self.shared.cap {
-                return Err((msg, true));
-            }
-            st.room(self.shared.cap);
-            st.queue.push_back(msg);
-            if st.queue.len() == 1 {
-                st.rx_waker.take()
-            } else {
-                None
-            }
-        };
-        if let Some(w) = waker {
-            w.wake();
+        let st = self.shared.lock();
+        if st.closed {
+            return Err((msg, false));
         }
-        Ok(())
+        self.enqueue(st, msg)
     }
 
     /// Queues what `write` makes, if there is room, under one lock. `write` is given the last
@@ -151,25 +136,30 @@ impl<T> Sender<T> {
         &self,
         write: impl FnOnce(Option<&mut T>) -> Option<T>,
     ) -> Result<(), (Option<T>, bool)> {
-        let waker = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return Err((None, false));
-            }
-            let Some(msg) = write(st.queue.back_mut()) else {
-                return Ok(());
-            };
-            if st.queue.len() >= self.shared.cap {
-                return Err((Some(msg), true));
-            }
-            st.room(self.shared.cap);
-            st.queue.push_back(msg);
-            if st.queue.len() == 1 {
-                st.rx_waker.take()
-            } else {
-                None
-            }
+        let mut st = self.shared.lock();
+        if st.closed {
+            return Err((None, false));
+        }
+        let Some(msg) = write(st.queue.back_mut()) else {
+            return Ok(());
         };
+        self.enqueue(st, msg).map_err(|(m, full)| (Some(m), full))
+    }
+
+    /// Queues `msg` under the lock `st` if there is room, then wakes the receiver (outside
+    /// the lock) when it is the first message.
+    fn enqueue(&self, mut st: MutexGuard<'_, State<T>>, msg: T) -> Result<(), (T, bool)> {
+        if st.queue.len() >= self.shared.cap {
+            return Err((msg, true));
+        }
+        st.room(self.shared.cap);
+        st.queue.push_back(msg);
+        let waker = if st.queue.len() == 1 {
+            st.rx_waker.take()
+        } else {
+            None
+        };
+        drop(st);
         if let Some(w) = waker {
             w.wake();
         }
