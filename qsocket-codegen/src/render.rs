@@ -683,7 +683,7 @@ impl<'a> Render<'a> {
             };
             let policy = if m.policy.strategy.is_some() {
                 quote! {
-                    let __call = match #module::policies::#pc {
+                    let __call = match &#module::policies::#pc {
                         ::core::option::Option::Some(__p) => __call.method_policy(__p),
                         ::core::option::Option::None => __call,
                     };

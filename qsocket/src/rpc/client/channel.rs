@@ -4,7 +4,7 @@
 
 use super::super::balance::{Breaker, Node};
 use super::super::codec::Codec;
-use super::super::frame::{control_frame_mut, kind, FrameCodec, FrameError, Header, Limits};
+use super::super::frame::{control_frame_mut, kind, Frame, FrameCodec, FrameError, Header, Limits};
 use super::super::instance::{InstanceSource, Snapshot};
 use super::super::metadata::MetadataMap;
 use super::super::status::{Code, Sent, Status};
@@ -20,9 +20,9 @@ use crate::Error;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "tls")]
@@ -362,23 +362,35 @@ async fn drain(gone: EndpointConns) {
     gone.pending.stop.cancel();
 }
 
-/// Removes a call from its pending table if it ends without a response (dropped, timed out)
-/// and tells the server, which may then stop working on it.
+/// One call on a connection, from its pick to its outcome. The call's future keeps only this
+/// across its waits (the work between them is done by plain functions), so the future stays
+/// small: every caller that awaits it moves it.
+///
+/// Dropped before an outcome (the caller gave up, the deadline passed), it removes the call
+/// from its pending table and tells the server, which may then stop working on it. Either way
+/// it reports how the call ended to the instance's state.
 struct CallGuard<'a> {
-    conn: &'a Conn,
+    conn: Conn,
     node: &'a Node,
+    /// The client's circuit breaker, fed the call's outcome.
+    breaker: Option<&'a Breaker>,
+    /// When the call started: its latency and the time remaining it sends count from here.
+    started: Instant,
+    /// A UDP call's slot (a UDP session bounds its calls in flight).
+    permit: Option<OwnedSemaphorePermit>,
     id: u64,
     /// Still in the pending table.
     armed: bool,
     /// The request was queued on the connection (so the server may be working on it).
     written: bool,
-    /// How the call ended, for the node's state: latency when answered, and whether the
-    /// instance did its part (a call given up by its caller counts as neither).
-    ended: (Option<Duration>, Option<bool>),
+    /// Whether the waker given to the pending table is still this task's (no wait since).
+    registered: bool,
     /// Whether the call is counted in its node's calls in flight.
     counted: bool,
-    /// The client's circuit breaker, fed the call's outcome.
-    breaker: Option<Breaker>,
+    /// Whether the instance did its part (`None`: given up by its caller, which counts as
+    /// neither), and the latency when it answered.
+    ok: Option<bool>,
+    latency: Option<Duration>,
 }
 
 impl Drop for CallGuard<'_> {
@@ -389,15 +401,14 @@ impl Drop for CallGuard<'_> {
                 .session
                 .try_send(control_frame_mut(kind::CANCEL, 0, self.id));
         }
-        let (latency, ok) = self.ended;
-        match ok {
+        match self.ok {
             Some(ok) => {
                 if self.counted {
-                    self.node.end_call(latency, ok);
+                    self.node.end_call(self.latency, ok);
                 } else {
-                    self.node.record(latency, ok);
+                    self.node.record(self.latency, ok);
                 }
-                if let Some(b) = &self.breaker {
+                if let Some(b) = self.breaker {
                     self.node.breaker_outcome(ok, b);
                 }
             }
@@ -414,158 +425,76 @@ impl Drop for CallGuard<'_> {
     }
 }
 
-impl Invoke for Channel {
-    async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
-        let cfg = &self.inner.cfg;
-        let picked = match self.inner.live.pick(req) {
-            Ok(Some(c)) => Ok(c),
-            // Rare (no live connection now): boxed, so its state does not enlarge every call's.
-            Ok(None) => Box::pin(self.conn(req)).await,
-            Err(st) => Err(st),
-        };
-        let (node, conn) = match picked {
-            Ok(c) => c,
-            Err(st) => {
-                req.instance = None;
-                return Err(st);
-            }
-        };
-        // One clock read for a first attempt: the typed front's.
-        let mut now = req.now.take().unwrap_or_else(Instant::now);
+impl CallGuard<'_> {
+    /// Registers the call (with the caller's waker, so the first wait for the outcome needs
+    /// no look at the table) and queues its request. `Ok(Some(frame))`: the connection is
+    /// behind; the caller waits for room to send `frame`.
+    fn start(
+        &mut self,
+        req: &Request<'_>,
+        inner: &ChanInner,
+        cx: &mut Context<'_>,
+    ) -> Result<Option<BytesMut>, Status> {
         let oneway = req.options.oneway;
-        // The request keeps the instance; the call borrows it from there.
-        req.instance = Some(node);
-        let req: &Request<'_> = req;
-        let Some(node) = req.instance.as_ref() else {
-            return Err(Status::internal("instance lost").with_sent(Sent::No));
-        };
-        let _permit: Option<OwnedSemaphorePermit> = match &conn.state.permits {
-            Some(sem) => {
-                // UDP only: boxed, so its state does not enlarge every call's.
-                match Box::pin(tokio::time::timeout_at(
-                    req.deadline.into(),
-                    sem.clone().acquire_owned(),
-                ))
-                .await
-                {
-                    Ok(Ok(p)) => {
-                        now = Instant::now();
-                        Some(p)
-                    }
-                    Ok(Err(_)) => {
-                        return Err(Status::unavailable("connection closed").with_sent(Sent::No))
-                    }
-                    Err(_) => {
-                        return Err(Status::deadline_exceeded(
-                            "deadline passed waiting for a udp call slot",
-                        )
-                        .with_sent(Sent::No))
-                    }
-                }
-            }
-            None => None,
-        };
-        let counted = self.inner.live.wants_in_flight;
-        if counted {
-            node.start_call();
+        if inner.live.wants_in_flight {
+            self.node.start_call();
+            self.counted = true;
         }
-        let id = if oneway {
-            0
-        } else {
-            // The caller's waker is registered with the call, so the first wait for the
-            // outcome needs no look at the table.
-            let deadline = req.deadline;
-            std::future::poll_fn(|cx| {
-                Poll::Ready(conn.pending.insert(
-                    conn.session.id(),
-                    deadline,
-                    Some(cx.waker().clone()),
-                ))
-            })
-            .await
-        };
-        let mut guard = CallGuard {
-            conn: &conn,
-            node,
-            id,
-            armed: !oneway,
-            written: false,
-            ended: (None, None),
-            counted,
-            breaker: self.inner.live.breaker,
-        };
-        // A session that closed after we picked it has already failed its calls (or is about
-        // to, under the closed flag): do not wait on it.
-        if !oneway && conn.session.is_closed() {
-            guard.ended.1 = Some(false);
-            return Err(Status::unavailable("connection closed").with_sent(Sent::No));
-        }
-        // Queued by a plain function: none of its locals is kept in this future's state.
-        let queued = send_request(&conn.session, req, id, now, oneway, &cfg.limits);
-        let closed = || {
-            Status::unavailable("connection closed before the request was sent").with_sent(Sent::No)
-        };
-        // Queued without a timer when there is room (the usual case); wait, bounded by the
-        // deadline, only when the connection is behind.
-        guard.ended.1 = Some(false);
-        // Whether the waker given at `insert` is still this task's (no await since).
-        let mut registered = true;
-        if let Some(frame) = queued? {
-            registered = false;
-            // Dropped while waiting for room: given up by its caller.
-            guard.ended.1 = None;
-            let sent = Box::pin(tokio::time::timeout_at(
-                req.deadline.into(),
-                conn.session.send(frame),
-            ))
-            .await;
-            guard.ended.1 = Some(false);
-            match sent {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(closed()),
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(
-                        "deadline passed before the request was sent",
-                    )
-                    .with_sent(Sent::No))
-                }
+        self.ok = Some(false);
+        if !oneway {
+            let session = self.conn.session.id();
+            let waker = Some(cx.waker().clone());
+            self.id = self.conn.pending.insert(session, req.deadline, waker);
+            self.armed = true;
+            self.registered = true;
+            // A session that closed after we picked it has already failed its calls (or is
+            // about to, under the closed flag): do not wait on it.
+            if self.conn.session.is_closed() {
+                return Err(Status::unavailable("connection closed").with_sent(Sent::No));
             }
         }
-        guard.written = true;
-        // Dropped from here on before an outcome, the call was given up by its caller.
-        guard.ended.1 = None;
-        if oneway {
-            guard.ended.1 = Some(true);
-            return Ok(Response {
-                codec: req.codec,
-                ..Response::default()
-            });
+        let limits = &inner.cfg.limits;
+        send_request(
+            &self.conn.session,
+            req,
+            self.id,
+            self.started,
+            oneway,
+            limits,
+        )
+    }
+
+    fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, Status>> {
+        if std::mem::replace(&mut self.registered, false) {
+            // An outcome that arrives now wakes the waker registered with the call.
+            return Poll::Pending;
         }
-        // No timer per call: the instance's sweeper ends calls whose deadline has passed.
-        let outcome = std::future::poll_fn(|cx| {
-            if std::mem::replace(&mut registered, false) {
-                // An outcome that arrives now wakes the waker registered with the call.
-                return Poll::Pending;
-            }
-            conn.pending.poll_outcome(id, cx)
-        })
-        .await;
+        self.conn.pending.poll_outcome(self.id, cx)
+    }
+
+    /// The response of the call from its outcome.
+    fn finish(
+        &mut self,
+        outcome: Result<Frame, Status>,
+        wants_latency: bool,
+    ) -> Result<Response, Status> {
         // The slot is free once the outcome is taken.
-        guard.armed = false;
+        self.armed = false;
         let frame = match outcome {
             Ok(frame) => frame,
             Err(st) => {
-                guard.ended.1 = Some(false);
+                self.ok = Some(false);
                 if st.code() == Code::DeadlineExceeded && st.sent() == Sent::Maybe {
                     // Tell the server it may stop working on it.
-                    let _ = conn
+                    let _ = self
+                        .conn
                         .session
-                        .try_send(control_frame_mut(kind::CANCEL, 0, id));
+                        .try_send(control_frame_mut(kind::CANCEL, 0, self.id));
                 }
                 return Err(st);
             }
         };
-        let latency = self.inner.live.wants_latency.then(|| now.elapsed());
+        self.latency = wants_latency.then(|| self.started.elapsed());
         let yes = |st: Status| st.with_sent(Sent::Yes);
         let metadata = if frame.metadata_bytes().is_empty() {
             MetadataMap::new()
@@ -580,7 +509,7 @@ impl Invoke for Channel {
                 code,
                 Code::Unavailable | Code::Internal | Code::Unknown | Code::DeadlineExceeded
             );
-            guard.ended = (latency, Some(!failed));
+            self.ok = Some(!failed);
             let msg = String::from_utf8_lossy(&frame.body()).into_owned();
             return Err(yes(Status::new(code, msg)));
         }
@@ -590,12 +519,127 @@ impl Invoke for Channel {
                 frame.codec
             )))
         })?;
-        guard.ended = (latency, Some(true));
+        self.ok = Some(true);
         Ok(Response {
             codec,
             body: frame.body(),
             metadata,
         })
+    }
+}
+
+/// Waits for room on a connection that is behind and sends `frame`, up to `deadline`.
+async fn send_behind(
+    session: Session<BytesMut>,
+    frame: BytesMut,
+    deadline: Instant,
+) -> Result<(), Status> {
+    match tokio::time::timeout_at(deadline.into(), session.send(frame)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(
+            Status::unavailable("connection closed before the request was sent")
+                .with_sent(Sent::No),
+        ),
+        Err(_) => Err(
+            Status::deadline_exceeded("deadline passed before the request was sent")
+                .with_sent(Sent::No),
+        ),
+    }
+}
+
+/// A call slot on a UDP connection, waiting up to `deadline`.
+async fn udp_slot(sem: Arc<Semaphore>, deadline: Instant) -> Result<OwnedSemaphorePermit, Status> {
+    match tokio::time::timeout_at(deadline.into(), sem.acquire_owned()).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err(Status::unavailable("connection closed").with_sent(Sent::No)),
+        Err(_) => Err(
+            Status::deadline_exceeded("deadline passed waiting for a udp call slot")
+                .with_sent(Sent::No),
+        ),
+    }
+}
+
+impl Invoke for Channel {
+    async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
+        let inner = &*self.inner;
+        // (Each temporary in its own scope, so none stays in the future's state.)
+        let (node, conn) = 'pick: {
+            match inner.live.pick(req) {
+                Ok(Some(c)) => break 'pick c,
+                Ok(None) => {}
+                Err(st) => {
+                    req.instance = None;
+                    return Err(st);
+                }
+            }
+            // Rare (no live connection now): boxed, so its state does not enlarge every call's.
+            match Box::pin(self.conn(req)).await {
+                Ok(c) => c,
+                Err(st) => {
+                    req.instance = None;
+                    return Err(st);
+                }
+            }
+        };
+        // One clock read for a first attempt: the typed front's.
+        let started = req.now.take().unwrap_or_else(Instant::now);
+        // The request keeps the instance; the call borrows it from there.
+        req.instance = Some(node);
+        let req: &Request<'_> = req;
+        let Some(node) = req.instance.as_ref() else {
+            return Err(Status::internal("instance lost").with_sent(Sent::No));
+        };
+        let mut call = CallGuard {
+            conn,
+            node,
+            breaker: inner.live.breaker.as_ref(),
+            started,
+            permit: None,
+            id: 0,
+            armed: false,
+            written: false,
+            registered: false,
+            counted: false,
+            ok: None,
+            latency: None,
+        };
+        if let Some(sem) = &call.conn.state.permits {
+            // UDP only: boxed, so its state does not enlarge every call's.
+            call.permit = Some(Box::pin(udp_slot(sem.clone(), req.deadline)).await?);
+            call.started = Instant::now();
+        }
+        let start = std::future::poll_fn(|cx| Poll::Ready(call.start(req, inner, cx)));
+        // Rare (the connection is behind): boxed, so its state does not enlarge every call's.
+        let wait = match start.await {
+            Ok(None) => None,
+            Ok(Some(frame)) => {
+                let session = call.conn.session.clone();
+                Some(Box::pin(send_behind(session, frame, req.deadline)))
+            }
+            Err(st) => return Err(st),
+        };
+        if let Some(wait) = wait {
+            // The connection is behind: wait for room.
+            call.registered = false;
+            // Dropped while waiting for room: given up by its caller.
+            call.ok = None;
+            let sent = wait.await;
+            call.ok = Some(false);
+            sent?;
+        }
+        call.written = true;
+        if req.options.oneway {
+            call.ok = Some(true);
+            return Ok(Response {
+                codec: req.codec,
+                ..Response::default()
+            });
+        }
+        // Dropped from here on before an outcome, the call was given up by its caller.
+        call.ok = None;
+        // No timer per call: the instance's sweeper ends calls whose deadline has passed.
+        let outcome = std::future::poll_fn(|cx| call.poll_outcome(cx)).await;
+        call.finish(outcome, inner.live.wants_latency)
     }
 }
 

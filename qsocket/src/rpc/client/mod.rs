@@ -513,16 +513,26 @@ impl<'a, I: Invoke> Call<'a, I> {
     }
 
     /// The cluster policy of this call (read by a [`Cluster`](crate::rpc::Cluster) layer, over
-    /// the policy it would give the method).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.options.policy = Some(policy);
+    /// the policy it would give the method): a [`Policy`], or an `Arc<Policy>` that many
+    /// calls share.
+    pub fn policy(mut self, policy: impl Into<Arc<Policy>>) -> Self {
+        self.options.policy = Some(policy.into());
         self
     }
 
     /// The policy the method declares (what generated clients pass from a method's
-    /// attributes): a [`Cluster`](crate::rpc::Cluster) layer's own settings for the service or
-    /// method override it, and so does [`policy`](Self::policy).
-    pub fn method_policy(mut self, policy: Policy) -> Self {
+    /// attributes, as a `const`): a [`Cluster`](crate::rpc::Cluster) layer's own settings for
+    /// the service or method override it, and so does [`policy`](Self::policy).
+    ///
+    /// ```
+    /// use qsocket::rpc::{Call, Policy};
+    /// const GET: Policy = Policy::failover(2).idempotent();
+    /// fn get(call: Call<'_>) -> Call<'_> {
+    ///     call.method_policy(&GET)
+    /// }
+    /// # let _ = get;
+    /// ```
+    pub fn method_policy(mut self, policy: &'static Policy) -> Self {
         self.options.method_policy = Some(policy);
         self
     }
@@ -670,7 +680,8 @@ pub struct CallConfig {
     /// Entries for every call, in a block the calls share (no allocation per call).
     metadata: MetadataMap,
     metadata_error: Option<Status>,
-    policy: Option<Policy>,
+    /// Shared by the calls.
+    policy: Option<Arc<Policy>>,
     /// Hashed once, here (what [`Call::hash_key`] would compute per call).
     hash_key: Option<u64>,
     wait_for_connection: bool,
@@ -712,7 +723,7 @@ impl CallConfig {
 
     /// The cluster policy of the calls (over a method's `strategy` attributes).
     pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = Some(policy);
+        self.policy = Some(Arc::new(policy));
         self
     }
 
@@ -749,8 +760,8 @@ impl CallConfig {
                 call = call.metadata(&k, v);
             }
         }
-        if let Some(p) = self.policy {
-            call = call.policy(p);
+        if let Some(p) = &self.policy {
+            call.options.policy = Some(p.clone());
         }
         if let Some(k) = self.hash_key {
             call.hash_key = Some(k);
@@ -780,4 +791,47 @@ fn decode<Resp: Message>(codec: Codec, body: bytes::Bytes) -> Result<Resp, Statu
     }
     Resp::decode_body(codec, body)
         .map_err(|e| Status::internal(format!("response: {}", e.message())).with_sent(Sent::Yes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every caller that awaits a call moves its future (once per `async fn` it is awaited
+    /// through), so its size is paid on every call: keep it in check. The bounds leave some
+    /// room for compiler changes; a call that grew past them should shrink again (keep what
+    /// lives across a wait small, and rare waits boxed).
+    #[tokio::test]
+    async fn a_call_future_stays_small() {
+        let client = RpcClient::builder()
+            .endpoint("tcp://127.0.0.1:1")
+            .start()
+            .await
+            .expect("client");
+        let msg = String::new();
+        let call = client.call::<String, String>("s", "m", &msg);
+        let call_size = std::mem::size_of_val(&call);
+        drop(call);
+        let mut req = Request::new(
+            "s",
+            "m",
+            Codec::Protobuf,
+            bytes::Bytes::new(),
+            Instant::now(),
+        );
+        let invoke = client.channel().invoke(&mut req);
+        let invoke_size = std::mem::size_of_val(&invoke);
+        drop(invoke);
+        assert!(
+            std::mem::size_of::<Request<'_>>() <= 256,
+            "Request is {} bytes",
+            std::mem::size_of::<Request<'_>>()
+        );
+        assert!(
+            invoke_size <= 192,
+            "Channel::invoke's future is {invoke_size} bytes"
+        );
+        assert!(call_size <= 480, "a call's future is {call_size} bytes");
+        client.close().await;
+    }
 }

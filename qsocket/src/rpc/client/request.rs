@@ -93,7 +93,7 @@ impl<'a> Request<'a> {
             metadata: self.metadata.clone(),
             body: self.body.clone(),
             hash_key: self.hash_key,
-            options: self.options,
+            options: self.options.clone(),
             exclude: self.exclude.clone(),
             instance: None,
             affinity: self.affinity,
@@ -113,7 +113,7 @@ pub(crate) struct Spread {
 }
 
 /// Options of one call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallOptions {
     /// A oneway call: no response is expected; it ends once the request is queued.
@@ -125,12 +125,13 @@ pub struct CallOptions {
     /// `unavailable` once every instance has refused.
     pub wait_for_connection: bool,
     /// The cluster policy of this call, over the one a [`Cluster`](crate::rpc::Cluster)
-    /// layer would give it.
-    pub policy: Option<Policy>,
+    /// layer would give it (shared: the calls of one [`CallConfig`](crate::rpc::CallConfig)
+    /// carry one policy, with no copy or allocation per call).
+    pub policy: Option<Arc<Policy>>,
     /// The policy the method declares (a `#[qsocket(strategy = …)]` attribute, or an IDL
-    /// option): a [`Cluster`](crate::rpc::Cluster) layer's own settings for the service or
-    /// method override it; it overrides the layer's default.
-    pub method_policy: Option<Policy>,
+    /// option; a `const` of the generated code): a [`Cluster`](crate::rpc::Cluster) layer's
+    /// own settings for the service or method override it; it overrides the layer's default.
+    pub method_policy: Option<&'static Policy>,
 }
 
 /// The answer to a call, before its typed front decodes it.

@@ -136,7 +136,7 @@ where
             metadata: std::mem::take(&mut req.metadata),
             body: req.body.clone(),
             hash_key: req.hash_key,
-            options: req.options,
+            options: req.options.clone(),
             exclude: std::mem::take(&mut req.exclude),
         };
         let outcome = match poll_fn(|cx| svc.poll_ready(cx)).await {

@@ -44,8 +44,8 @@ impl Policies {
     /// service, else what the method declares, else the layer's default.
     #[inline]
     fn of(&self, service: &str, method: &str, options: &CallOptions) -> Policy {
-        if let Some(p) = options.policy {
-            return p;
+        if let Some(p) = options.policy.as_deref() {
+            return *p;
         }
         if !self.methods.is_empty() {
             if let Some((_, _, p)) = self
@@ -59,7 +59,7 @@ impl Policies {
         if let Some((_, p)) = self.services.iter().find(|(s, _)| s == service) {
             return *p;
         }
-        options.method_policy.unwrap_or(self.default)
+        options.method_policy.copied().unwrap_or(self.default)
     }
 }
 
