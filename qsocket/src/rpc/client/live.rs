@@ -179,47 +179,72 @@ impl Live {
     pub(crate) fn pick(&self, req: &Request<'_>) -> Result<Option<(Node, Conn)>, Status> {
         // The balancer picks under the lock (no clone of the set per call): keep picks short.
         let set = lock(&self.set);
-        if set.nodes.is_empty() {
+        let nodes = &set.nodes[..];
+        if nodes.is_empty() {
             return Ok(None);
         }
         let i = match req
             .affinity
-            .and_then(|k| set.nodes.iter().position(|n| n.key() == k))
+            .and_then(|k| nodes.iter().position(|n| n.key() == k))
         {
             Some(i) => i,
-            None => self.balance(req, &set.nodes)?,
+            None => self.balance(req, nodes)?,
         };
-        let (Some(node), Some(conns)) = (set.nodes.get(i), set.conns.get(i)) else {
+        let (Some(node), Some(conns)) = (nodes.get(i), set.conns.get(i)) else {
             return Err(Status::internal(format!(
                 "balancer picked instance {i} of {}",
-                set.nodes.len()
+                nodes.len()
             ))
             .with_sent(Sent::No));
         };
         if let Some(spread) = &req.spread {
             lock(&spread.taken).push(node.key());
         }
-        let n = conns.len();
-        let start = if n == 1 {
-            0
-        } else {
-            set.next.fetch_add(1, Ordering::Relaxed)
+        let conn = match &conns[..] {
+            [one] => Some(one).filter(|c| c.usable()),
+            _ => {
+                let n = conns.len();
+                let start = set.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| &conns[(start + k) % n]).find(|c| c.usable())
+            }
         };
-        let conn = (0..n).map(|k| &conns[(start + k) % n]).find(|c| c.usable());
         Ok(conn.map(|c| (node.clone(), c.clone())))
     }
 
-    /// The balancer's pick among `nodes` for `req`. Instances the call excludes are avoided
-    /// while another is live; when every live one is excluded, only the last exclusion holds
-    /// (a retry never goes to the instance that just failed while another is live).
+    /// The balancer's pick among `nodes` for `req`.
+    #[inline]
     fn balance(&self, req: &Request<'_>, nodes: &[Node]) -> Result<usize, Status> {
         let balancer = self.balancers.for_service(req.service);
-        let mut call = Pick {
+        let call = Pick {
             service: req.service,
             method: req.method,
             hash_key: req.hash_key,
             exclude: &req.exclude,
         };
+        // The usual call: no open circuit, no sibling attempts, some instance not excluded.
+        let tripped = self.breaker.is_some() && nodes.iter().any(Node::tripped);
+        if !tripped && req.spread.is_none() && !call.all_excluded(nodes) {
+            return balancer
+                .pick(&call, nodes)
+                .ok_or_else(|| no_pick(balancer, &call));
+        }
+        self.balance_avoiding(req, nodes, balancer, call)
+    }
+
+    /// [`balance`](Self::balance) when some instances are to be avoided beyond the call's
+    /// exclusions. They are avoided while another is live; when every live one is excluded,
+    /// only the last exclusion holds (a retry never goes to the instance that just failed
+    /// while another is live).
+    #[inline(never)]
+    fn balance_avoiding(
+        &self,
+        req: &Request<'_>,
+        nodes: &[Node],
+        balancer: &Arc<dyn Balancer>,
+        call: Pick<'_>,
+    ) -> Result<usize, Status> {
+        // (Rebound: its exclusions may borrow from here.)
+        let mut call = call;
         // Instances an open circuit skips (none without a breaker: no look at the nodes).
         let mut blocked = Vec::new();
         if let Some(b) = self
@@ -396,15 +421,9 @@ fn pick_unblocked(
     nodes: &[Node],
     blocked: &[u64],
 ) -> Result<usize, Status> {
-    let i = balancer.pick(call, nodes).ok_or_else(|| {
-        Status::unavailable(format!(
-            "balancer {} found no instance for {}.{}",
-            balancer.name(),
-            call.service,
-            call.method
-        ))
-        .with_sent(Sent::No)
-    })?;
+    let i = balancer
+        .pick(call, nodes)
+        .ok_or_else(|| no_pick(balancer, call))?;
     match nodes.get(i) {
         Some(n) if !blocked.is_empty() && blocked.contains(&n.key()) => nodes
             .iter()
@@ -414,4 +433,16 @@ fn pick_unblocked(
             }),
         _ => Ok(i),
     }
+}
+
+/// The status of a call the balancer found no instance for.
+#[cold]
+fn no_pick(balancer: &Arc<dyn Balancer>, call: &Pick<'_>) -> Status {
+    Status::unavailable(format!(
+        "balancer {} found no instance for {}.{}",
+        balancer.name(),
+        call.service,
+        call.method
+    ))
+    .with_sent(Sent::No)
 }
