@@ -206,6 +206,78 @@ impl AnyClient {
     }
 }
 
+/// One implementation's client as the load loops use it. Each loop is compiled for one
+/// implementation ([`with_client!`]): dispatching every call through [`AnyClient`] would make
+/// each call's code and state those of a function that holds every implementation's call
+/// (the largest one's state, and a call path spread over all of their code).
+trait Caller: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        payload: Bytes,
+    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send;
+}
+
+impl<I: qsocket::rpc::Invoke> Caller for impl_qsocket::Client<I> {
+    fn call(
+        &self,
+        payload: Bytes,
+    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
+        impl_qsocket::Client::call(self, payload)
+    }
+}
+
+impl Caller for impl_qsocket::MacroEchoClient {
+    async fn call(&self, payload: Bytes) -> Result<Bytes, Error> {
+        use impl_qsocket::MacroEchoApi;
+        Ok(self.echo(payload).await?)
+    }
+}
+
+impl Caller for impl_baseline::Client {
+    fn call(
+        &self,
+        payload: Bytes,
+    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
+        impl_baseline::Client::call(self, payload)
+    }
+}
+
+impl Caller for crate::impl_tarpc::Client {
+    fn call(
+        &self,
+        payload: Bytes,
+    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
+        crate::impl_tarpc::Client::call(self, payload)
+    }
+}
+
+impl Caller for crate::impl_tonic::Client {
+    fn call(
+        &self,
+        payload: Bytes,
+    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
+        crate::impl_tonic::Client::call(self, payload)
+    }
+}
+
+/// `$run(client, $args…).await` with the client of `$any`'s own type.
+macro_rules! with_client {
+    ($any:expr, $run:ident($($arg:expr),*)) => {
+        match $any {
+            AnyClient::Qsocket(c) => $run(c, $($arg),*).await,
+            AnyClient::QsocketNoop3(c) => $run(c, $($arg),*).await,
+            AnyClient::QsocketTower(c) => $run(c, $($arg),*).await,
+            AnyClient::QsocketStats(c) => $run(c, $($arg),*).await,
+            AnyClient::QsocketToken(c) => $run(c, $($arg),*).await,
+            AnyClient::QsocketAccessKey(c) => $run(c, $($arg),*).await,
+            AnyClient::QsocketMacro(c) => $run(c, $($arg),*).await,
+            AnyClient::Baseline(c) => $run(c, $($arg),*).await,
+            AnyClient::Tarpc(c) => $run(c, $($arg),*).await,
+            AnyClient::Tonic(c) => $run(c, $($arg),*).await,
+        }
+    };
+}
+
 /// `serve IMP`: runs a server, prints `ADDR <address>`, answers `stats` lines on stdin with
 /// `STATS allocs=… cpu_us=… rss_kib=…`, exits at end of input.
 pub fn serve_main(imp: Imp) -> Result<(), Error> {
@@ -274,62 +346,66 @@ pub fn load_main(imp: Imp, addr: &str, n: usize, secs: u64) -> Result<(), Error>
     let rt = one_thread()?;
     rt.block_on(async move {
         let client = AnyClient::connect(imp, addr).await?;
-        let payload = Bytes::from(vec![7u8; PAYLOAD]);
-        let warm_end = Instant::now() + Duration::from_secs(1);
-        let end = warm_end + Duration::from_secs(secs);
-        let tasks: Vec<_> = (0..n)
-            .map(|_| {
-                let client = client.clone();
-                let payload = payload.clone();
-                tokio::spawn(async move {
-                    let mut hist =
-                        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-                    let (mut done, mut errors) = (0u64, 0u64);
-                    for _ in 0..100_000_000u64 {
-                        let t0 = Instant::now();
-                        if t0 >= end {
-                            break;
-                        }
-                        let r = client.call(payload.clone()).await;
-                        let ok = matches!(&r, Ok(p) if p.len() == PAYLOAD);
-                        if t0 >= warm_end {
-                            if ok {
-                                done += 1;
-                                let _ = hist.record(t0.elapsed().as_nanos() as u64);
-                            } else {
-                                errors += 1;
-                            }
+        with_client!(client, load_timed(n, secs))
+    })
+}
+
+async fn load_timed<C: Caller>(client: C, n: usize, secs: u64) -> Result<(), Error> {
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let warm_end = Instant::now() + Duration::from_secs(1);
+    let end = warm_end + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = client.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+                let (mut done, mut errors) = (0u64, 0u64);
+                for _ in 0..100_000_000u64 {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let r = client.call(payload.clone()).await;
+                    let ok = matches!(&r, Ok(p) if p.len() == PAYLOAD);
+                    if t0 >= warm_end {
+                        if ok {
+                            done += 1;
+                            let _ = hist.record(t0.elapsed().as_nanos() as u64);
+                        } else {
+                            errors += 1;
                         }
                     }
-                    (hist, done, errors)
-                })
+                }
+                (hist, done, errors)
             })
-            .collect();
-        tokio::time::sleep_until(warm_end.into()).await;
-        let (a0, c0) = (ALLOCS.load(Ordering::Relaxed), cpu_us());
-        println!("MEASURE_START");
-        std::io::stdout().flush()?;
-        tokio::time::sleep_until(end.into()).await;
-        let (a1, c1) = (ALLOCS.load(Ordering::Relaxed), cpu_us());
-        println!("MEASURE_END");
-        std::io::stdout().flush()?;
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-        let (mut done, mut errors) = (0u64, 0u64);
-        for t in tasks {
-            let (h, d, e) = t.await?;
-            hist.add(&h)?;
-            done += d;
-            errors += e;
-        }
-        println!(
-            "RESULT calls={done} errors={errors} p50_ns={} p99_ns={} allocs={} cpu_us={}",
-            hist.value_at_quantile(0.5),
-            hist.value_at_quantile(0.99),
-            a1 - a0,
-            c1 - c0
-        );
-        Ok(())
-    })
+        })
+        .collect();
+    tokio::time::sleep_until(warm_end.into()).await;
+    let (a0, c0) = (ALLOCS.load(Ordering::Relaxed), cpu_us());
+    println!("MEASURE_START");
+    std::io::stdout().flush()?;
+    tokio::time::sleep_until(end.into()).await;
+    let (a1, c1) = (ALLOCS.load(Ordering::Relaxed), cpu_us());
+    println!("MEASURE_END");
+    std::io::stdout().flush()?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut done, mut errors) = (0u64, 0u64);
+    for t in tasks {
+        let (h, d, e) = t.await?;
+        hist.add(&h)?;
+        done += d;
+        errors += e;
+    }
+    println!(
+        "RESULT calls={done} errors={errors} p50_ns={} p99_ns={} allocs={} cpu_us={}",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        a1 - a0,
+        c1 - c0
+    );
+    Ok(())
 }
 
 /// `load IMP ADDR N SECS --calls C`: N callers on one connection share exactly `calls` calls
@@ -339,35 +415,39 @@ pub fn load_calls(imp: Imp, addr: &str, n: usize, calls: u64, secs: u64) -> Resu
     let rt = one_thread()?;
     rt.block_on(async move {
         let client = AnyClient::connect(imp, addr).await?;
-        let payload = Bytes::from(vec![7u8; PAYLOAD]);
-        let next = Arc::new(AtomicU64::new(0));
-        let tasks = (0..n).map(|_| {
-            let (client, payload, next) = (client.clone(), payload.clone(), next.clone());
-            tokio::spawn(async move {
-                let (mut done, mut errors) = (0u64, 0u64);
-                while next.fetch_add(1, Ordering::Relaxed) < calls {
-                    match client.call(payload.clone()).await {
-                        Ok(p) if p.len() == PAYLOAD => done += 1,
-                        _ => errors += 1,
-                    }
-                }
-                (done, errors)
-            })
-        });
-        let all = futures_util::future::join_all(tasks);
-        let results = tokio::time::timeout(Duration::from_secs(secs), all)
-            .await
-            .map_err(|_| format!("{calls} calls took over {secs} s"))?;
-        let (mut done, mut errors) = (0u64, 0u64);
-        for r in results {
-            let (d, e) = r?;
-            done += d;
-            errors += e;
-        }
-        println!("RESULT calls={done} errors={errors}");
-        std::io::stdout().flush()?;
-        Ok(())
+        with_client!(client, load_counted(n, calls, secs))
     })
+}
+
+async fn load_counted<C: Caller>(client: C, n: usize, calls: u64, secs: u64) -> Result<(), Error> {
+    let payload = Bytes::from(vec![7u8; PAYLOAD]);
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks = (0..n).map(|_| {
+        let (client, payload, next) = (client.clone(), payload.clone(), next.clone());
+        tokio::spawn(async move {
+            let (mut done, mut errors) = (0u64, 0u64);
+            while next.fetch_add(1, Ordering::Relaxed) < calls {
+                match client.call(payload.clone()).await {
+                    Ok(p) if p.len() == PAYLOAD => done += 1,
+                    _ => errors += 1,
+                }
+            }
+            (done, errors)
+        })
+    });
+    let all = futures_util::future::join_all(tasks);
+    let results = tokio::time::timeout(Duration::from_secs(secs), all)
+        .await
+        .map_err(|_| format!("{calls} calls took over {secs} s"))?;
+    let (mut done, mut errors) = (0u64, 0u64);
+    for r in results {
+        let (d, e) = r?;
+        done += d;
+        errors += e;
+    }
+    println!("RESULT calls={done} errors={errors}");
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 /// Starts this program with `args`, its stdin and stdout piped: pinned to `cpu` with `taskset`
