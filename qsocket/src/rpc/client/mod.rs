@@ -589,13 +589,29 @@ impl<'a, I: Invoke> Call<'a, I> {
             Some(inherited) if inherited < own => inherited,
             _ => own,
         };
-        let mut req = Request::new(self.service, self.method, codec, body.freeze(), deadline);
-        req.metadata = self.metadata;
-        req.hash_key = self.hash_key;
-        req.options = self.options;
-        req.options.oneway = oneway;
-        req.now = Some(now);
-        Ok(req)
+        // One literal: each field is written once, where the request will lie (assigning
+        // fields one by one after `Request::new` made the compiler copy it through the stack).
+        Ok(Request {
+            service: self.service,
+            method: self.method,
+            codec,
+            deadline,
+            metadata: self.metadata,
+            body: body.freeze(),
+            hash_key: self.hash_key,
+            options: CallOptions {
+                oneway,
+                ..self.options
+            },
+            exclude: Vec::new(),
+            instance: None,
+            affinity: None,
+            retries: 0,
+            hedges: 0,
+            spread: None,
+            clustered: false,
+            now: Some(now),
+        })
     }
 
     /// Sends the request and waits for the response.
