@@ -736,6 +736,9 @@ impl<'a> Render<'a> {
             let cfg = cfgs(m);
             quote! {
                 #cfg
+                // Inlined, so that the caller's future holds the call's future where it was
+                // built rather than a copy of it.
+                #[inline]
                 fn #id(&self, #(#args),*)
                     -> impl ::core::future::Future<Output = #out> + ::core::marker::Send
                 {

@@ -209,6 +209,7 @@ impl RpcClient {
 
 impl<I: Invoke> RpcClient<I> {
     /// A unary call with the client's default codec and timeout.
+    #[inline(always)]
     pub fn call<'a, Req: Message, Resp: Message>(
         &'a self,
         service: &'a str,
@@ -219,6 +220,7 @@ impl<I: Invoke> RpcClient<I> {
     }
 
     /// A call with options: `client.request(svc, m).timeout(d).codec(Codec::Json).call(&req)`.
+    #[inline(always)]
     pub fn request<'a>(&'a self, service: &'a str, method: &'a str) -> Call<'a, I> {
         Call {
             client: self,
@@ -618,6 +620,7 @@ impl<'a, I: Invoke> Call<'a, I> {
     ///
     /// The message is encoded before this returns; the future holds only the encoded request
     /// (and the layers' state), not the builder.
+    #[inline(always)]
     pub fn call<Req: Message, Resp: Message>(
         self,
         req: &Req,
@@ -628,6 +631,7 @@ impl<'a, I: Invoke> Call<'a, I> {
     /// [`call`](Self::call), then `f` turns the response into what the caller wants (inside
     /// the call's own future: no second future wraps it). Generated clients unwrap
     /// [`Serde`](crate::rpc::Serde) responses this way.
+    #[inline(always)]
     pub fn call_map<Req: Message, Resp: Message, T: 'a>(
         self,
         req: &Req,
