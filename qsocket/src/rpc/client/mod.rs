@@ -591,29 +591,22 @@ impl<'a, I: Invoke> Call<'a, I> {
             Some(inherited) if inherited < own => inherited,
             _ => own,
         };
-        // One literal: each field is written once, where the request will lie (assigning
-        // fields one by one after `Request::new` made the compiler copy it through the stack).
-        Ok(Request {
-            service: self.service,
-            method: self.method,
+        let options = CallOptions {
+            oneway,
+            ..self.options
+        };
+        let (metadata, body) = (self.metadata, body.freeze());
+        Ok(Request::first(
+            self.service,
+            self.method,
             codec,
+            body,
             deadline,
-            metadata: self.metadata,
-            body: body.freeze(),
-            hash_key: self.hash_key,
-            options: CallOptions {
-                oneway,
-                ..self.options
-            },
-            exclude: Vec::new(),
-            instance: None,
-            affinity: None,
-            retries: 0,
-            hedges: 0,
-            spread: None,
-            clustered: false,
-            now: Some(now),
-        })
+            metadata,
+            self.hash_key,
+            options,
+            Some(now),
+        ))
     }
 
     /// Sends the request and waits for the response.

@@ -62,15 +62,37 @@ impl<'a> Request<'a> {
         body: Bytes,
         deadline: Instant,
     ) -> Self {
+        let (metadata, options) = (MetadataMap::new(), CallOptions::default());
+        Request::first(
+            service, method, codec, body, deadline, metadata, None, options, None,
+        )
+    }
+
+    /// The request of a first attempt, in one literal: each field is written once, where the
+    /// request will lie (built field by field, it was copied through the stack, and the copies
+    /// stalled on the stores that had just made it).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn first(
+        service: &'a str,
+        method: &'a str,
+        codec: Codec,
+        body: Bytes,
+        deadline: Instant,
+        metadata: MetadataMap,
+        hash_key: Option<u64>,
+        options: CallOptions,
+        now: Option<Instant>,
+    ) -> Self {
         Request {
             service,
             method,
             codec,
             deadline,
-            metadata: MetadataMap::new(),
+            metadata,
             body,
-            hash_key: None,
-            options: CallOptions::default(),
+            hash_key,
+            options,
             exclude: Vec::new(),
             instance: None,
             affinity: None,
@@ -78,7 +100,7 @@ impl<'a> Request<'a> {
             hedges: 0,
             spread: None,
             clustered: false,
-            now: None,
+            now,
         }
     }
 
