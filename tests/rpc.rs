@@ -557,6 +557,49 @@ async fn a_slow_call_does_not_hold_up_others_on_the_same_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_call_waits_for_a_slot_up_to_its_deadline_and_the_slot_comes_back() {
+    let counters = Arc::new(Counters::default());
+    let server = server(&counters).await;
+    let url = server.endpoint(Transport::Udp).expect("udp").to_string();
+    let c = RpcClient::builder()
+        .endpoint(&url)
+        .udp_max_in_flight(1)
+        .timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .expect("rpc client");
+    c.ready().await.expect("connected");
+    // The one slot is taken by a call that takes 1.5 s.
+    let slow = spawn_delayed(&c, "slow", 1_500);
+    eventually("slow call started", || {
+        counters.started.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    // A call that cannot get the slot before its deadline fails unsent, and only it.
+    let r: Result<EchoReply, Status> = c
+        .request("test.Echo", "Echo")
+        .timeout(Duration::from_millis(100))
+        .call(&req("no slot"))
+        .await;
+    let st = r.expect_err("no slot within 100 ms");
+    assert_eq!(st.code(), Code::DeadlineExceeded, "{st:?}");
+    assert_eq!(st.sent(), Sent::No, "{st:?}");
+    assert!(st.message().contains("udp call slot"), "{st:?}");
+    // A call that may wait gets the slot once the slow call ends.
+    let after: EchoReply = c
+        .call("test.Echo", "Echo", &req("after"))
+        .await
+        .expect("the slot came back");
+    assert_eq!(after.text, "after");
+    assert_eq!(
+        within("slow", slow).await.expect("join").expect("ok").text,
+        "slow"
+    );
+    c.close().await;
+    server.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_made_inside_a_handler_inherit_its_deadline_and_codecs_mix() {
     use qsocket::rpc::{CallContext, Router, Service};
     // Backend: the echo service.

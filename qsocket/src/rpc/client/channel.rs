@@ -376,8 +376,9 @@ struct CallGuard<'a> {
     breaker: Option<&'a Breaker>,
     /// When the call started: its latency and the time remaining it sends count from here.
     started: Instant,
-    /// A UDP call's slot (a UDP session bounds its calls in flight).
-    permit: Option<OwnedSemaphorePermit>,
+    /// A UDP call's slot, held until the call ends (a UDP session bounds its calls in
+    /// flight).
+    _permit: Option<OwnedSemaphorePermit>,
     id: u64,
     /// Still in the pending table.
     armed: bool,
@@ -582,19 +583,29 @@ impl Invoke for Channel {
             }
         };
         // One clock read for a first attempt: the typed front's.
-        let started = req.now.take().unwrap_or_else(Instant::now);
+        let mut started = req.now.take().unwrap_or_else(Instant::now);
         // The request keeps the instance; the call borrows it from there.
         req.instance = Some(node);
         let req: &Request<'_> = req;
         let Some(node) = req.instance.as_ref() else {
             return Err(Status::internal("instance lost").with_sent(Sent::No));
         };
+        // A call that never gets a UDP slot never starts: the instance hears nothing of it.
+        let permit = match &conn.state.permits {
+            Some(sem) => {
+                // UDP only: boxed, so its state does not enlarge every call's.
+                let permit = Box::pin(udp_slot(sem.clone(), req.deadline)).await?;
+                started = Instant::now();
+                Some(permit)
+            }
+            None => None,
+        };
         let mut call = CallGuard {
             conn,
             node,
             breaker: inner.live.breaker.as_ref(),
             started,
-            permit: None,
+            _permit: permit,
             id: 0,
             armed: false,
             written: false,
@@ -603,11 +614,6 @@ impl Invoke for Channel {
             ok: None,
             latency: None,
         };
-        if let Some(sem) = &call.conn.state.permits {
-            // UDP only: boxed, so its state does not enlarge every call's.
-            call.permit = Some(Box::pin(udp_slot(sem.clone(), req.deadline)).await?);
-            call.started = Instant::now();
-        }
         let start = std::future::poll_fn(|cx| Poll::Ready(call.start(req, inner, cx)));
         // Rare (the connection is behind): boxed, so its state does not enlarge every call's.
         let wait = match start.await {
