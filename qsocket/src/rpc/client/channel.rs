@@ -537,15 +537,19 @@ async fn send_behind(
 ) -> Result<(), Status> {
     match tokio::time::timeout_at(deadline.into(), session.send(frame)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(
-            Status::unavailable("connection closed before the request was sent")
-                .with_sent(Sent::No),
-        ),
-        Err(_) => Err(
-            Status::deadline_exceeded("deadline passed before the request was sent")
-                .with_sent(Sent::No),
-        ),
+        Ok(Err(_)) => Err(closed_unsent()),
+        Err(_) => Err(late_unsent()),
     }
+}
+
+/// The status of a request whose connection closed before it was queued.
+fn closed_unsent() -> Status {
+    Status::unavailable("connection closed before the request was sent").with_sent(Sent::No)
+}
+
+/// The status of a request whose deadline passed before it was queued.
+fn late_unsent() -> Status {
+    Status::deadline_exceeded("deadline passed before the request was sent").with_sent(Sent::No)
 }
 
 /// A call slot on a UDP connection, waiting up to `deadline`.
@@ -563,24 +567,15 @@ async fn udp_slot(sem: Arc<Semaphore>, deadline: Instant) -> Result<OwnedSemapho
 impl Invoke for Channel {
     async fn invoke(&self, req: &mut Request<'_>) -> Result<Response, Status> {
         let inner = &*self.inner;
+        // No instance until this attempt has one (a retried request names the last one).
+        req.instance = None;
         // (Each temporary in its own scope, so none stays in the future's state.)
         let (node, conn) = 'pick: {
-            match inner.live.pick(req) {
-                Ok(Some(c)) => break 'pick c,
-                Ok(None) => {}
-                Err(st) => {
-                    req.instance = None;
-                    return Err(st);
-                }
+            if let Some(c) = inner.live.pick(req)? {
+                break 'pick c;
             }
             // Rare (no live connection now): boxed, so its state does not enlarge every call's.
-            match Box::pin(self.conn(req)).await {
-                Ok(c) => c,
-                Err(st) => {
-                    req.instance = None;
-                    return Err(st);
-                }
-            }
+            Box::pin(self.conn(req)).await?
         };
         // One clock read for a first attempt: the typed front's.
         let mut started = req.now.take().unwrap_or_else(Instant::now);
@@ -670,10 +665,7 @@ fn send_request(
 ) -> Result<Option<BytesMut>, Status> {
     let remaining = req.deadline.saturating_duration_since(now);
     if remaining.is_zero() {
-        return Err(
-            Status::deadline_exceeded("deadline passed before the request was sent")
-                .with_sent(Sent::No),
-        );
+        return Err(late_unsent());
     }
     // Whole milliseconds, rounded up, so a sub-millisecond remainder is not "no deadline".
     // (In 64-bit arithmetic: a 128-bit division costs more than the rest of the header.)
@@ -731,11 +723,9 @@ fn send_request(
         })
         .ok(),
     });
-    let closed =
-        || Status::unavailable("connection closed before the request was sent").with_sent(Sent::No);
     match queued {
         Ok(()) => Ok(None),
         Err(TrySendError::Full(Some(frame))) => Ok(Some(frame)),
-        Err(_) => Err(closed()),
+        Err(_) => Err(closed_unsent()),
     }
 }
