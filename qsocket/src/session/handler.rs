@@ -201,9 +201,11 @@ struct Handler<'a, L: EventListener, C, S> {
 }
 
 /// What woke the handler.
-enum Ev<I, O> {
+enum Ev<O> {
     Closed,
-    In(Inbound<I>),
+    /// Messages from the reader are queued (taken by the loop that handles them, so none is
+    /// held across the handler's awaits).
+    In,
     ReaderDone,
     Out(O),
     Tick,
@@ -301,7 +303,8 @@ where
         ));
         let has_timers = self.timers.next().is_some();
         loop {
-            let ev = poll_fn(|cx| {
+            // (Matched as a temporary: an event is not kept across the awaits below.)
+            let tick = match poll_fn(|cx| {
                 if cancelled.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ev::Closed);
                 }
@@ -317,9 +320,9 @@ where
                     return Poll::Ready(Ev::Work);
                 }
                 if self.listener.accepts_messages() {
-                    match self.inbound.poll_recv(cx) {
-                        Poll::Ready(Some(m)) => return Poll::Ready(Ev::In(m)),
-                        Poll::Ready(None) => return Poll::Ready(Ev::ReaderDone),
+                    match self.inbound.poll_ready(cx) {
+                        Poll::Ready(true) => return Poll::Ready(Ev::In),
+                        Poll::Ready(false) => return Poll::Ready(Ev::ReaderDone),
                         Poll::Pending => {}
                     }
                 }
@@ -330,17 +333,15 @@ where
                 self.out.idle();
                 Poll::Pending
             })
-            .await;
-
-            let (mut first, tick) = match ev {
+            .await
+            {
                 Ev::Closed | Ev::ReaderDone => return,
                 Ev::Out(o) => {
                     Outgoing::push(&mut self.out, o);
-                    (None, false)
+                    false
                 }
-                Ev::In(m) => (Some(m), false),
-                Ev::Work => (None, false),
-                Ev::Tick => (None, true),
+                Ev::In | Ev::Work => false,
+                Ev::Tick => true,
             };
             if tick {
                 // Boxed: ticks are rare, and their awaits would enlarge every session.
@@ -357,23 +358,18 @@ where
             // Budget bytes of handled messages, given back once per batch, after the batch's
             // answers are written (or counted as output waiting for the peer).
             let mut done = 0;
-            while handled < BATCH {
-                let msg = match first.take() {
-                    Some(m) => m,
-                    None if !self.listener.accepts_messages() => break,
-                    None => match self.inbound.try_recv() {
-                        Some(m) => m,
-                        None => break,
-                    },
-                };
-                handled += 1;
-                let (m, at, len) = match msg {
-                    Inbound::Msg(m, at, len) => (m, at, len),
-                    Inbound::Err(e) => {
+            while handled < BATCH && self.listener.accepts_messages() {
+                // The message is moved straight into its callback: no copy of it is kept in
+                // this state while the callback runs.
+                let (m, at, len) = match self.inbound.try_recv() {
+                    None => break,
+                    Some(Inbound::Msg(m, at, len)) => (m, at, len),
+                    Some(Inbound::Err(e)) => {
                         Box::pin(self.fail(e, true)).await;
                         break;
                     }
                 };
+                handled += 1;
                 let mut ctx = Ctx::new(&self.session, &mut self.out, at).holding(len);
                 self.listener.on_message(&mut ctx, m).await;
                 done += ctx.unretained();

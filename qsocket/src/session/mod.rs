@@ -62,3 +62,7 @@ pub use listener::{Ctx, EventListener, Retained};
 pub use server::{Server, ServerBuilder, DEFAULT_SHARED_BUDGET};
 pub use timers::deadline_after;
 pub use udp::MAX_DATAGRAM;
+
+/// For tests that measure a session's state.
+#[cfg(test)]
+pub(crate) use conn::stream_session;

@@ -285,15 +285,18 @@ impl<T> Receiver<T> {
         m
     }
 
-    /// Polls for the next message; `None` once every sender is gone and the queue is empty.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+    /// Waits until a message is queued, without taking it: `true` when
+    /// [`try_recv`](Self::try_recv) will give one, `false` once every sender is gone and the
+    /// queue is empty. (A caller that takes messages in a loop holds no message across its
+    /// wait this way.)
+    pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         if self.batch.is_empty() && !self.refill() {
             let mut st = self.shared.lock();
             if !st.queue.is_empty() {
                 drop(st);
                 self.refill();
             } else if st.senders == 0 {
-                return Poll::Ready(None);
+                return Poll::Ready(false);
             } else {
                 // Going idle: give the drained batch's buffer back to the queue (if the queue
                 // has none), so an idle session keeps one buffer, not two, and the next
@@ -308,7 +311,13 @@ impl<T> Receiver<T> {
                 return Poll::Pending;
             }
         }
-        Poll::Ready(self.next())
+        Poll::Ready(true)
+    }
+
+    /// Polls for the next message; `None` once every sender is gone and the queue is empty.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.poll_ready(cx)
+            .map(|ready| if ready { self.next() } else { None })
     }
 
     /// The next message if one is queued.

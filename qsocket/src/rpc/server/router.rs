@@ -46,7 +46,7 @@ pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHash
 /// One service: a name and its methods.
 pub struct Service {
     name: String,
-    methods: FxMap<Box<[u8]>, Method>,
+    methods: FxMap<Box<[u8]>, Arc<Method>>,
     /// Method names in the order they were added (for listing).
     order: Vec<String>,
     /// Methods added more than once (an error when the server starts).
@@ -86,10 +86,12 @@ impl Service {
         R: IntoReply,
     {
         let handler: Arc<dyn Handler> = Arc::new(Unary::new(handler));
-        let m = Method {
+        let m = Arc::new(Method {
             codecs: handler.codecs(),
             handler,
-        };
+            names: [self.name.as_bytes(), method.as_bytes()].concat().into(),
+            service_len: self.name.len(),
+        });
         if self.methods.insert(method.as_bytes().into(), m).is_some() {
             self.duplicates.push(method.to_string());
         } else {
@@ -145,15 +147,24 @@ impl std::fmt::Debug for Service {
     }
 }
 
-/// One method of a service: its handler, and the codecs its types speak (tested per request
-/// without a call into the handler).
-#[derive(Clone)]
+/// One method of a service: its handler, the codecs its types speak (tested per request
+/// without a call into the handler), and its names (so a session can keep the method it
+/// called last as one shared pointer, and match the next request's names against it).
 pub(super) struct Method {
     pub(super) handler: Arc<dyn Handler>,
     codecs: u32,
+    /// The service's name, then the method's, back to back.
+    names: Box<[u8]>,
+    service_len: usize,
 }
 
 impl Method {
+    /// Whether this is the method `service`/`method` (the request's own bytes).
+    pub(super) fn is(&self, service: &[u8], method: &[u8]) -> bool {
+        let (s, m) = self.names.split_at(self.service_len.min(self.names.len()));
+        s == service && m == method
+    }
+
     /// Whether the method's request and response types speak `codec`; if not, the refusal
     /// (before anything is decoded) saying which does not.
     pub(super) fn check_codec(&self, codec: Codec) -> Result<(), Status> {
@@ -241,7 +252,7 @@ impl Router {
     }
 
     /// The method `service`/`method`, looked up as the request's own bytes.
-    pub(super) fn find(&self, service: &[u8], method: &[u8]) -> Result<&Method, Status> {
+    pub(super) fn find(&self, service: &[u8], method: &[u8]) -> Result<&Arc<Method>, Status> {
         let svc = self.services.get(service).ok_or_else(|| {
             Status::unimplemented(format!(
                 "unknown service {:?}",
@@ -297,7 +308,10 @@ mod tests {
         assert!(e.message().contains("b.B"));
         let e = r.find(b"a.A", b"N").err().expect("unknown method");
         assert!(e.message().contains("\"N\"") && e.message().contains("a.A"));
-        assert!(r.find(b"a.A", b"M").is_ok());
+        let m = r.find(b"a.A", b"M").expect("found");
+        assert!(m.is(b"a.A", b"M"));
+        // The same bytes split elsewhere are other names.
+        assert!(!m.is(b"a.", b"AM") && !m.is(b"a.AM", b""));
     }
 
     #[test]
