@@ -233,32 +233,25 @@ impl Caller for impl_qsocket::MacroEchoClient {
     }
 }
 
-impl Caller for impl_baseline::Client {
-    fn call(
-        &self,
-        payload: Bytes,
-    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
-        impl_baseline::Client::call(self, payload)
-    }
+/// `Caller` for clients whose own `call` already has its shape.
+macro_rules! caller_by_own_call {
+    ($($client:ty),*) => {$(
+        impl Caller for $client {
+            fn call(
+                &self,
+                payload: Bytes,
+            ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
+                <$client>::call(self, payload)
+            }
+        }
+    )*};
 }
 
-impl Caller for crate::impl_tarpc::Client {
-    fn call(
-        &self,
-        payload: Bytes,
-    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
-        crate::impl_tarpc::Client::call(self, payload)
-    }
-}
-
-impl Caller for crate::impl_tonic::Client {
-    fn call(
-        &self,
-        payload: Bytes,
-    ) -> impl std::future::Future<Output = Result<Bytes, Error>> + Send {
-        crate::impl_tonic::Client::call(self, payload)
-    }
-}
+caller_by_own_call!(
+    impl_baseline::Client,
+    crate::impl_tarpc::Client,
+    crate::impl_tonic::Client
+);
 
 /// `$run(client, $args…).await` with the client of `$any`'s own type.
 macro_rules! with_client {

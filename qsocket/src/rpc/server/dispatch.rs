@@ -390,14 +390,11 @@ impl<L: ServerLayer> RpcServerListener<L> {
         router: &'s Router,
         frame: &Frame,
     ) -> Result<&'s Method, Status> {
-        match last {
-            Some(m) if m.is(frame.service(), frame.method()) => {}
-            _ => *last = Some(router.find(frame.service(), frame.method())?.clone()),
+        if !matches!(last, Some(m) if m.is(frame.service(), frame.method())) {
+            *last = Some(router.find(frame.service(), frame.method())?.clone());
         }
-        match last {
-            Some(m) => Ok(m),
-            None => Err(Status::internal("method lookup lost its entry")),
-        }
+        last.as_deref()
+            .ok_or_else(|| Status::internal("method lookup lost its entry"))
     }
 
     /// Now, read once per batch of requests (a batch's requests were read at the same time).

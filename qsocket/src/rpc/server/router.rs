@@ -89,8 +89,8 @@ impl Service {
         let m = Arc::new(Method {
             codecs: handler.codecs(),
             handler,
-            names: [self.name.as_bytes(), method.as_bytes()].concat().into(),
-            service_len: self.name.len(),
+            service: self.name.as_bytes().into(),
+            method: method.as_bytes().into(),
         });
         if self.methods.insert(method.as_bytes().into(), m).is_some() {
             self.duplicates.push(method.to_string());
@@ -153,16 +153,14 @@ impl std::fmt::Debug for Service {
 pub(super) struct Method {
     pub(super) handler: Arc<dyn Handler>,
     codecs: u32,
-    /// The service's name, then the method's, back to back.
-    names: Box<[u8]>,
-    service_len: usize,
+    service: Box<[u8]>,
+    method: Box<[u8]>,
 }
 
 impl Method {
     /// Whether this is the method `service`/`method` (the request's own bytes).
     pub(super) fn is(&self, service: &[u8], method: &[u8]) -> bool {
-        let (s, m) = self.names.split_at(self.service_len.min(self.names.len()));
-        s == service && m == method
+        *self.service == *service && *self.method == *method
     }
 
     /// Whether the method's request and response types speak `codec`; if not, the refusal
