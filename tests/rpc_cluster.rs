@@ -345,11 +345,12 @@ async fn forking_takes_the_first_success_and_cancels_the_rest() {
             t.elapsed() < Duration::from_millis(1_500),
             "{bind}: not the slow one"
         );
-        assert_eq!(
-            (f[0].b.calls(), f[1].b.calls()),
-            (1, 1),
-            "{bind}: one attempt each"
-        );
+        // The slow instance counts its attempt when its server reads it, which on a busy
+        // machine can be after the fast one has answered.
+        eventually(&format!("{bind}: one attempt each"), || {
+            (f[0].b.calls(), f[1].b.calls()) == (1, 1)
+        })
+        .await;
         assert_eq!(cluster.counters().hedges, 1, "{bind}");
     }
 }
@@ -375,12 +376,12 @@ async fn hedging_cuts_the_tail_of_a_slow_instance() {
         );
         // Every first attempt that went to the slow one was hedged (round robin advances on
         // the hedges too, so that may be all of them).
+        // (The slow instance counts an attempt when its server reads it.)
         let hedges = cluster.counters().hedges as usize;
-        assert_eq!(
-            hedges,
-            f[0].b.calls(),
-            "{bind}: one hedge per slow first attempt"
-        );
+        eventually(&format!("{bind}: one hedge per slow first attempt"), || {
+            f[0].b.calls() == hedges
+        })
+        .await;
         assert!(hedges >= 1, "{bind}");
         assert_eq!(f[1].b.calls(), 10, "{bind}: every answer from the fast one");
     }
